@@ -1,0 +1,139 @@
+"""Server configuration: defaults < TOML file < ORTSERVE_* environment < CLI flags.
+
+Settings are frozen dataclasses validated at start with messages that name the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ortserve.errors import InvalidInput
+
+ENV_PREFIX = "ORTSERVE_"
+MiB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """Everything `ortserve serve` needs; units are in the names."""
+
+    host: str = "127.0.0.1"
+    port: int = 8001
+    metrics_port: int = 8002
+    data_dir: str = "./ortserve-data"
+    # SQLAlchemy URL; empty: SQLite at <data_dir>/registry.db.
+    db: str = ""
+    max_message_bytes: int = 256 * MiB
+    max_model_bytes: int = 2048 * MiB
+    grace_period_s: float = 5.0
+    log_level: str = "info"
+    # "auto": JSON when stderr is not a terminal.
+    log_format: str = "auto"
+    # Execution providers tried in order when a version names none.
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # Fail a load when a preferred provider is unavailable instead of recording the fallback.
+    strict_providers: bool = False
+    # ONNX Runtime intra-op threads per session; 0: cores / executor threads.
+    intra_op_threads: int = 0
+    # Threads running ONNX Runtime; 0: the machine's cores.
+    executor_threads: int = 0
+    # Load every registered version at start.
+    load_on_start: bool = True
+    # Register the example models when the registry is empty.
+    examples: bool = False
+    reflection: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("port", "metrics_port"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise InvalidInput(f"{name} must be in 0..65535, got {value}")
+        if self.max_message_bytes < MiB or self.max_message_bytes > 2047 * MiB:
+            raise InvalidInput(f"max_message_bytes must be in 1 MiB..2047 MiB, got {self.max_message_bytes}")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise InvalidInput(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        if self.log_format not in ("auto", "json", "console"):
+            raise InvalidInput(f"log_format must be auto, json or console, got {self.log_format!r}")
+        if self.grace_period_s < 0:
+            raise InvalidInput(f"grace_period_s must be >= 0, got {self.grace_period_s}")
+        if not self.providers:
+            raise InvalidInput("providers must name at least one execution provider")
+        if self.intra_op_threads < 0 or self.executor_threads < 0:
+            raise InvalidInput("intra_op_threads and executor_threads must be >= 0")
+
+    @property
+    def db_url(self) -> str:
+        return self.db or f"sqlite:///{Path(self.data_dir).resolve() / 'registry.db'}"
+
+    @property
+    def store_dir(self) -> Path:
+        return Path(self.data_dir) / "store"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    try:
+        if isinstance(value, str):
+            if kind == "bool":
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if kind == "tuple[str, ...]":
+                return tuple(p.strip() for p in value.split(",") if p.strip())
+        if kind == "int" and not isinstance(value, bool):
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "tuple[str, ...]":
+            return tuple(str(v) for v in value)
+        return value
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{name}: cannot read {value!r} as {kind}") from None
+
+
+def load_config(
+    file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServerConfig:
+    """Merge the TOML `file`, ORTSERVE_* variables of `environ` and `overrides` (flags) over defaults."""
+    environ = os.environ if environ is None else environ
+    kinds = {f.name: f.type for f in fields(ServerConfig)}
+    values: dict[str, Any] = {}
+    path = file or environ.get(f"{ENV_PREFIX}CONFIG")
+    if path:
+        values.update(_read_toml(path, kinds))
+    for name, kind in kinds.items():
+        env = environ.get(ENV_PREFIX + name.upper())
+        if env is not None:
+            values[name] = _coerce(f"{ENV_PREFIX}{name.upper()}", kind, env)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(f"--{name.replace('_', '-')}", kinds[name], value)
+    return ServerConfig(**values)
+
+
+def _read_toml(path: str, kinds: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InvalidInput(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"config file {path} is not valid TOML: {exc}") from None
+    table = data.get("server", data)
+    unknown = sorted(set(table) - set(kinds))
+    if unknown:
+        raise InvalidInput(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    return {k: _coerce(f"{path}: {k}", kinds[k], v) for k, v in table.items()}
+
+

@@ -1,0 +1,51 @@
+"""Domain errors. They carry no transport detail: server/errors.py maps them to gRPC codes."""
+
+from __future__ import annotations
+
+
+class OrtserveError(Exception):
+    """Base of every error ortserve raises on purpose; the message is shown to the caller."""
+
+
+class InvalidInput(OrtserveError):
+    """A request, tensor, configuration or model file is malformed."""
+
+
+class NotFound(OrtserveError):
+    """A model, version or alias does not exist."""
+
+
+class AlreadyExists(OrtserveError):
+    """The thing being created exists already."""
+
+
+class FailedPrecondition(OrtserveError):
+    """The request is valid but the system is not in a state to serve it."""
+
+
+class ModelNotReady(FailedPrecondition):
+    """A model version exists but is not loaded and warmed up on this server."""
+
+
+class Aborted(OrtserveError):
+    """A concurrent change got in the way; retrying the whole operation may succeed."""
+
+
+class ResourceExhausted(OrtserveError):
+    """A queue, size limit or quota is exceeded."""
+
+
+class DeadlineExceeded(OrtserveError):
+    """The request's deadline passed before it could be computed."""
+
+
+class Unavailable(OrtserveError):
+    """The server is shutting down or a dependency is unreachable; retry later."""
+
+
+class Unauthenticated(OrtserveError):
+    """The caller presented no valid credentials."""
+
+
+class PermissionDenied(OrtserveError):
+    """The caller is known but lacks the scope for this call."""

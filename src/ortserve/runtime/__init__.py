@@ -1,0 +1,1 @@
+"""ONNX Runtime: data types, signatures, model validation, sessions and providers."""

@@ -1,0 +1,81 @@
+"""Tensor bytes on the wire: row-major little-endian raw data, BYTES as length-prefixed elements.
+
+Numpy only, shared by the server and the client SDK. Decoding fixed-size types is zero-copy
+(`np.frombuffer` over the message's bytes, read-only).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+
+from ortserve.dtypes import BYTES, DType
+from ortserve.errors import InvalidInput
+
+_LEN = struct.Struct("<I")
+MAX_ELEMENTS = 1 << 31
+
+
+def element_count(shape: Sequence[int], what: str) -> int:
+    """Product of `shape`, rejecting negative dimensions and absurd sizes."""
+    count = 1
+    for dim in shape:
+        if dim < 0:
+            raise InvalidInput(f"{what}: shape {list(shape)} has a negative dimension")
+        count *= dim
+    if count > MAX_ELEMENTS:
+        raise InvalidInput(f"{what}: shape {list(shape)} has {count} elements, more than {MAX_ELEMENTS}")
+    return count
+
+
+def decode(raw: bytes, dtype: DType, shape: Sequence[int], what: str) -> np.ndarray:
+    """The array that `raw` encodes; InvalidInput naming `what` when the size does not match."""
+    count = element_count(shape, what)
+    if dtype is BYTES:
+        return _decode_bytes(raw, count, what).reshape(shape)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(
+            f"{what}: raw data is {len(raw)} bytes but shape {list(shape)} of {dtype.name} "
+            f"needs {expected} bytes"
+        )
+    return np.frombuffer(raw, dtype=dtype.numpy.newbyteorder("<")).reshape(shape)
+
+
+def _decode_bytes(raw: bytes, count: int, what: str) -> np.ndarray:
+    out = np.empty(count, dtype=object)
+    view = memoryview(raw)
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(raw):
+            raise InvalidInput(f"{what}: BYTES data ends after {i} of {count} elements")
+        (size,) = _LEN.unpack_from(view, pos)
+        pos += 4
+        if pos + size > len(raw):
+            raise InvalidInput(f"{what}: BYTES element {i} claims {size} bytes past the end of the data")
+        out[i] = bytes(view[pos : pos + size])
+        pos += size
+    if pos != len(raw):
+        raise InvalidInput(f"{what}: {len(raw) - pos} trailing bytes after {count} BYTES elements")
+    return out
+
+
+def encode(array: np.ndarray) -> bytes:
+    """Raw wire bytes of `array` (one copy; none more when it is already contiguous little-endian)."""
+    if array.dtype.kind in "OUS":
+        return encode_strings(array.ravel())
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(array).tobytes()
+
+
+def encode_strings(items: np.ndarray | Sequence[object]) -> bytes:
+    """Length-prefixed concatenation; str is UTF-8 encoded, other non-bytes objects via str()."""
+    parts: list[bytes] = []
+    for item in items:
+        data = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        parts.append(_LEN.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)

@@ -1,0 +1,93 @@
+"""Tiny ONNX models built with onnx.helper for tests and examples (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def _save(model: onnx.ModelProto, path: Path | None) -> bytes:
+    onnx.checker.check_model(model, full_check=True)
+    data = model.SerializeToString()
+    if path is not None:
+        path.write_bytes(data)
+    return data
+
+
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ortserve-tests")
+    model.ir_version = 8
+    return model
+
+
+def linear(path: Path | None = None, n_in: int = 16, n_out: int = 4, seed: int = 0, bias: float = 0.0) -> bytes:
+    """y[N, n_out] = x[N, n_in] @ W + b, with a dynamic batch axis."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n_in, n_out)).astype(np.float32)
+    b = np.full((n_out,), bias, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_in])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n_out])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
+    )
+    return _save(_model(graph), path)
+
+
+def add(path: Path | None = None, elem: int = TensorProto.FLOAT, width: int = 4) -> bytes:
+    """z = a + b over [N, width] of one element type."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["z"])],
+        "add",
+        [
+            helper.make_tensor_value_info("a", elem, ["N", width]),
+            helper.make_tensor_value_info("b", elem, ["N", width]),
+        ],
+        [helper.make_tensor_value_info("z", elem, ["N", width])],
+    )
+    return _save(_model(graph), path)
+
+
+def identity(path: Path | None = None, elem: int = TensorProto.FLOAT, shape: tuple[int | str, ...] = ("N", 3)) -> bytes:
+    """y = x for any element type (strings and booleans too)."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", elem, list(shape))],
+        [helper.make_tensor_value_info("y", elem, list(shape))],
+    )
+    return _save(_model(graph), path)
+
+
+def fixed_batch(path: Path | None = None) -> bytes:
+    """y[2, 3] = x * 2 with a fixed leading dimension (not batchable)."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"])],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")],
+    )
+    return _save(_model(graph), path)
+
+
+def custom_domain(path: Path | None = None) -> bytes:
+    """A node in an operator domain outside the allowlist."""
+    graph = helper.make_graph(
+        [helper.make_node("Evil", ["x"], ["y"], domain="com.example.evil")],
+        "custom",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.example.evil", 1)],
+    )
+    model.ir_version = 8
+    return model.SerializeToString()
