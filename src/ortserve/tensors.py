@@ -30,11 +30,14 @@ def element_count(shape: Sequence[int], what: str) -> int:
     return count
 
 
-def decode(raw: bytes, dtype: DType, shape: Sequence[int], what: str) -> np.ndarray:
-    """The array that `raw` encodes; InvalidInput naming `what` when the size does not match."""
+def decode(raw: bytes, dtype: DType, shape: Sequence[int], what: str, *, text: bool = False) -> np.ndarray:
+    """The array that `raw` encodes; InvalidInput naming `what` when the size does not match.
+
+    BYTES elements are bytes, or UTF-8 decoded str with `text` (ONNX Runtime takes str only).
+    """
     count = element_count(shape, what)
     if dtype is BYTES:
-        return _decode_bytes(raw, count, what).reshape(shape)
+        return _decode_bytes(raw, count, what, text).reshape(shape)
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidInput(
@@ -44,7 +47,7 @@ def decode(raw: bytes, dtype: DType, shape: Sequence[int], what: str) -> np.ndar
     return np.frombuffer(raw, dtype=dtype.numpy.newbyteorder("<")).reshape(shape)
 
 
-def _decode_bytes(raw: bytes, count: int, what: str) -> np.ndarray:
+def _decode_bytes(raw: bytes, count: int, what: str, text: bool) -> np.ndarray:
     out = np.empty(count, dtype=object)
     view = memoryview(raw)
     pos = 0
@@ -55,11 +58,18 @@ def _decode_bytes(raw: bytes, count: int, what: str) -> np.ndarray:
         pos += 4
         if pos + size > len(raw):
             raise InvalidInput(f"{what}: BYTES element {i} claims {size} bytes past the end of the data")
-        out[i] = bytes(view[pos : pos + size])
+        out[i] = _text(view[pos : pos + size], i, what) if text else bytes(view[pos : pos + size])
         pos += size
     if pos != len(raw):
         raise InvalidInput(f"{what}: {len(raw) - pos} trailing bytes after {count} BYTES elements")
     return out
+
+
+def _text(data: memoryview, index: int, what: str) -> str:
+    try:
+        return str(data, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{what}: BYTES element {index} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
 def encode(array: np.ndarray) -> bytes:

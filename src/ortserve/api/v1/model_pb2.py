@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from ortserve.api.v1 import tensor_pb2 as ortserve_dot_api_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bortserve/api/v1/model.proto\x12\x0fortserve.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cortserve/api/v1/tensor.proto\"z\n\tSignature\x12+\n\x06inputs\x18\x01 \x03(\x0b\x32\x1b.ortserve.api.v1.TensorSpec\x12,\n\x07outputs\x18\x02 \x03(\x0b\x32\x1b.ortserve.api.v1.TensorSpec\x12\x12\n\nbatch_axis\x18\x03 \x01(\x08\"\x93\x01\n\x11\x45xecutionProvider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12@\n\x07options\x18\x02 \x03(\x0b\x32/.ortserve.api.v1.ExecutionProvider.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9b\x01\n\x0e\x42\x61tchingConfig\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_queue_delay_us\x18\x02 \x01(\x04\x12\x1d\n\x15preferred_batch_sizes\x18\x03 \x03(\r\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\r\x12\x1e\n\x16max_concurrent_batches\x18\x05 \x01(\r\"\xc4\x01\n\rSessionConfig\x12 \n\x18graph_optimization_level\x18\x01 \x01(\t\x12\x1c\n\x14intra_op_num_threads\x18\x02 \x01(\r\x12\x1c\n\x14inter_op_num_threads\x18\x03 \x01(\r\x12\x16\n\x0e\x65xecution_mode\x18\x04 \x01(\t\x12\x1e\n\x16\x64isable_memory_pattern\x18\x05 \x01(\x08\x12\x1d\n\x15\x64isable_cpu_mem_arena\x18\x06 \x01(\x08\"\xd8\x04\n\x0cModelVersion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\r\n\x05opset\x18\x05 \x01(\x03\x12\x10\n\x08producer\x18\x06 \x01(\t\x12-\n\tsignature\x18\x07 \x01(\x0b\x32\x1a.ortserve.api.v1.Signature\x12\x35\n\tproviders\x18\x08 \x03(\x0b\x32\".ortserve.api.v1.ExecutionProvider\x12\x31\n\x08\x62\x61tching\x18\t \x01(\x0b\x32\x1f.ortserve.api.v1.BatchingConfig\x12/\n\x07session\x18\n \x01(\x0b\x32\x1e.ortserve.api.v1.SessionConfig\x12,\n\x05state\x18\x0b \x01(\x0e\x32\x1d.ortserve.api.v1.VersionState\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\r \x01(\t\x12\x39\n\x06labels\x18\x0e \x03(\x0b\x32).ortserve.api.v1.ModelVersion.LabelsEntry\x12\x12\n\ncreated_by\x18\x0f \x01(\t\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x61\x63tive_providers\x18\x11 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12/\n\x08versions\x18\x03 \x03(\x0b\x32\x1d.ortserve.api.v1.ModelVersion\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xb4\x01\n\x0cVersionState\x12\x1d\n\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18VERSION_STATE_REGISTERED\x10\x01\x12\x19\n\x15VERSION_STATE_LOADING\x10\x02\x12\x17\n\x13VERSION_STATE_READY\x10\x03\x12\x18\n\x14VERSION_STATE_FAILED\x10\x04\x12\x19\n\x15VERSION_STATE_RETIRED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bortserve/api/v1/model.proto\x12\x0fortserve.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cortserve/api/v1/tensor.proto\"z\n\tSignature\x12+\n\x06inputs\x18\x01 \x03(\x0b\x32\x1b.ortserve.api.v1.TensorSpec\x12,\n\x07outputs\x18\x02 \x03(\x0b\x32\x1b.ortserve.api.v1.TensorSpec\x12\x12\n\nbatch_axis\x18\x03 \x01(\x08\"\x93\x01\n\x11\x45xecutionProvider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12@\n\x07options\x18\x02 \x03(\x0b\x32/.ortserve.api.v1.ExecutionProvider.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x01\n\x0e\x42\x61tchingConfig\x12\x1b\n\x0emax_batch_size\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1a\n\x12max_queue_delay_us\x18\x02 \x01(\x04\x12\x1d\n\x15preferred_batch_sizes\x18\x03 \x03(\r\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\r\x12\x1e\n\x16max_concurrent_batches\x18\x05 \x01(\rB\x11\n\x0f_max_batch_size\"\xc4\x01\n\rSessionConfig\x12 \n\x18graph_optimization_level\x18\x01 \x01(\t\x12\x1c\n\x14intra_op_num_threads\x18\x02 \x01(\r\x12\x1c\n\x14inter_op_num_threads\x18\x03 \x01(\r\x12\x16\n\x0e\x65xecution_mode\x18\x04 \x01(\t\x12\x1e\n\x16\x64isable_memory_pattern\x18\x05 \x01(\x08\x12\x1d\n\x15\x64isable_cpu_mem_arena\x18\x06 \x01(\x08\"\xd8\x04\n\x0cModelVersion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\r\n\x05opset\x18\x05 \x01(\x03\x12\x10\n\x08producer\x18\x06 \x01(\t\x12-\n\tsignature\x18\x07 \x01(\x0b\x32\x1a.ortserve.api.v1.Signature\x12\x35\n\tproviders\x18\x08 \x03(\x0b\x32\".ortserve.api.v1.ExecutionProvider\x12\x31\n\x08\x62\x61tching\x18\t \x01(\x0b\x32\x1f.ortserve.api.v1.BatchingConfig\x12/\n\x07session\x18\n \x01(\x0b\x32\x1e.ortserve.api.v1.SessionConfig\x12,\n\x05state\x18\x0b \x01(\x0e\x32\x1d.ortserve.api.v1.VersionState\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\r \x01(\t\x12\x39\n\x06labels\x18\x0e \x03(\x0b\x32).ortserve.api.v1.ModelVersion.LabelsEntry\x12\x12\n\ncreated_by\x18\x0f \x01(\t\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x61\x63tive_providers\x18\x11 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12/\n\x08versions\x18\x03 \x03(\x0b\x32\x1d.ortserve.api.v1.ModelVersion\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xb4\x01\n\x0cVersionState\x12\x1d\n\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18VERSION_STATE_REGISTERED\x10\x01\x12\x19\n\x15VERSION_STATE_LOADING\x10\x02\x12\x17\n\x13VERSION_STATE_READY\x10\x03\x12\x18\n\x14VERSION_STATE_FAILED\x10\x04\x12\x19\n\x15VERSION_STATE_RETIRED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTIONPROVIDER_OPTIONSENTRY']._serialized_options = b'8\001'
   _globals['_MODELVERSION_LABELSENTRY']._loaded_options = None
   _globals['_MODELVERSION_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_VERSIONSTATE']._serialized_start=1489
-  _globals['_VERSIONSTATE']._serialized_end=1669
+  _globals['_VERSIONSTATE']._serialized_start=1513
+  _globals['_VERSIONSTATE']._serialized_end=1693
   _globals['_SIGNATURE']._serialized_start=111
   _globals['_SIGNATURE']._serialized_end=233
   _globals['_EXECUTIONPROVIDER']._serialized_start=236
@@ -46,13 +46,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTIONPROVIDER_OPTIONSENTRY']._serialized_start=337
   _globals['_EXECUTIONPROVIDER_OPTIONSENTRY']._serialized_end=383
   _globals['_BATCHINGCONFIG']._serialized_start=386
-  _globals['_BATCHINGCONFIG']._serialized_end=541
-  _globals['_SESSIONCONFIG']._serialized_start=544
-  _globals['_SESSIONCONFIG']._serialized_end=740
-  _globals['_MODELVERSION']._serialized_start=743
-  _globals['_MODELVERSION']._serialized_end=1343
-  _globals['_MODELVERSION_LABELSENTRY']._serialized_start=1298
-  _globals['_MODELVERSION_LABELSENTRY']._serialized_end=1343
-  _globals['_MODEL']._serialized_start=1346
-  _globals['_MODEL']._serialized_end=1486
+  _globals['_BATCHINGCONFIG']._serialized_end=565
+  _globals['_SESSIONCONFIG']._serialized_start=568
+  _globals['_SESSIONCONFIG']._serialized_end=764
+  _globals['_MODELVERSION']._serialized_start=767
+  _globals['_MODELVERSION']._serialized_end=1367
+  _globals['_MODELVERSION_LABELSENTRY']._serialized_start=1322
+  _globals['_MODELVERSION_LABELSENTRY']._serialized_end=1367
+  _globals['_MODEL']._serialized_start=1370
+  _globals['_MODEL']._serialized_end=1510
 # @@protoc_insertion_point(module_scope)

@@ -141,7 +141,9 @@ class BatchingConfig(_message.Message):
     MAX_QUEUE_SIZE_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_BATCHES_FIELD_NUMBER: _builtins.int
     max_batch_size: _builtins.int
-    """0 turns batching off; unset (with `enabled` false) uses the server default."""
+    """Most rows per batch; 0 turns batching off. Unset: on when the model has a
+    dynamic batch axis (see Signature.batch_axis), off otherwise.
+    """
     max_queue_delay_us: _builtins.int
     """How long the first queued request may wait for others, in microseconds."""
     max_queue_size: _builtins.int
@@ -153,17 +155,19 @@ class BatchingConfig(_message.Message):
     def __init__(
         self,
         *,
-        max_batch_size: _builtins.int = ...,
+        max_batch_size: _builtins.int | None = ...,
         max_queue_delay_us: _builtins.int = ...,
         preferred_batch_sizes: _abc.Iterable[_builtins.int] | None = ...,
         max_queue_size: _builtins.int = ...,
         max_concurrent_batches: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_batch_size", b"_max_batch_size", "max_batch_size", b"max_batch_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch_size", b"max_batch_size", "max_concurrent_batches", b"max_concurrent_batches", "max_queue_delay_us", b"max_queue_delay_us", "max_queue_size", b"max_queue_size", "preferred_batch_sizes", b"preferred_batch_sizes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_batch_size", b"_max_batch_size", "max_batch_size", b"max_batch_size", "max_concurrent_batches", b"max_concurrent_batches", "max_queue_delay_us", b"max_queue_delay_us", "max_queue_size", b"max_queue_size", "preferred_batch_sizes", b"preferred_batch_sizes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_batch_size: _TypeAlias = _typing.Literal["max_batch_size"]  # noqa: Y015
+    _WhichOneofArgType__max_batch_size: _TypeAlias = _typing.Literal["_max_batch_size", b"_max_batch_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_batch_size) -> _WhichOneofReturnType__max_batch_size | None: ...
 
 Global___BatchingConfig: _TypeAlias = BatchingConfig  # noqa: Y015
 

@@ -1,0 +1,3 @@
+from ortserve.cli import main
+
+raise SystemExit(main())

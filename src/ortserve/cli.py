@@ -1,0 +1,272 @@
+"""The `ortserve` command: serve, manage models through a running server, predict, configure."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ortserve import dtypes
+from ortserve.errors import OrtserveError
+
+DEFAULT_SERVER = "127.0.0.1:8001"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result: int = args.run(args)
+        return result
+    except OrtserveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except _rpc_error() as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+def _rpc_error() -> type[Exception]:
+    import grpc
+
+    return grpc.RpcError  # type: ignore[no-any-return]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ortserve", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    _add_serve(sub)
+    _add_db(sub)
+    _add_models(sub)
+    _add_predict(sub)
+    _add_config(sub)
+    return parser
+
+
+def _server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML file (default: $ORTSERVE_CONFIG)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--metrics-port", type=int)
+    p.add_argument("--data-dir")
+    p.add_argument("--db", help="SQLAlchemy URL (default: SQLite in the data dir)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("host", "port", "metrics_port", "data_dir", "db", "log_level")
+    return {k: getattr(args, k, None) for k in keys}
+
+
+def _add_serve(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the server")
+    _server_flags(p)
+    p.add_argument("--port-file", help="write the bound port here once serving (useful with --port 0)")
+    p.add_argument("--examples", action="store_true", help="register the example models when the registry is empty")
+    p.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ortserve.config import load_config
+    from ortserve.logging import configure_logging
+    from ortserve.server.app import serve
+
+    config = load_config(args.config, overrides=_overrides(args))
+    configure_logging(config.log_level, config.log_format)
+    if args.examples:
+        _register_examples(config)
+    asyncio.run(serve(config, args.port_file))
+    return 0
+
+
+def _register_examples(config: Any) -> None:
+    from ortserve.examples import write_examples
+    from ortserve.registry.db import make_engine, upgrade
+    from ortserve.registry.service import Registry
+    from ortserve.registry.store import ModelStore
+
+    engine = make_engine(config.db_url)
+    upgrade(engine)
+    registry = Registry(engine, ModelStore(config.store_dir), max_model_bytes=config.max_model_bytes)
+    if registry.list_models(1, "")[0]:
+        return
+    for name, path in write_examples(Path(config.data_dir) / "examples").items():
+        record = registry.register_file(path, name, description=f"example model {name}", created_by="examples")
+        print(f"registered example model {name!r} version {record.version}", file=sys.stderr)
+    engine.dispose()
+
+
+def _add_db(sub: Any) -> None:
+    p = sub.add_parser("db", help="registry database")
+    dsub = p.add_subparsers(required=True, metavar="ACTION")
+    up = dsub.add_parser("upgrade", help="apply migrations")
+    _server_flags(up)
+    up.set_defaults(run=_db_upgrade)
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from ortserve.config import load_config
+    from ortserve.registry.db import make_engine, upgrade
+
+    config = load_config(args.config, overrides=_overrides(args))
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    upgrade(make_engine(config.db_url))
+    print(f"registry at {config.db_url} is up to date")
+    return 0
+
+
+def _add_models(sub: Any) -> None:
+    p = sub.add_parser("models", help="register, list and show models (through a running server)")
+    msub = p.add_subparsers(required=True, metavar="ACTION")
+    reg = msub.add_parser("register", help="upload an ONNX file as a new version")
+    reg.add_argument("path", type=Path)
+    reg.add_argument("--name", required=True)
+    reg.add_argument("--description", default="")
+    reg.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    reg.add_argument("--provider", action="append", default=[], help="execution provider, in order of preference")
+    reg.add_argument("--max-batch-size", type=int)
+    reg.add_argument("--no-load", action="store_true", help="store only; do not load on the server")
+    reg.set_defaults(run=_models_register)
+    ls = msub.add_parser("list", help="list models and versions")
+    ls.set_defaults(run=_models_list)
+    show = msub.add_parser("show", help="one model and its versions")
+    show.add_argument("name")
+    show.set_defaults(run=_models_show)
+    for q in (reg, ls, show):
+        q.add_argument("--server", default=DEFAULT_SERVER)
+        q.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from ortserve.client import Client
+
+    return Client(args.server)
+
+
+def _models_register(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    labels = dict(_pair(item, "--label") for item in args.label)
+    total = args.path.stat().st_size
+    with _client(args) as client, tqdm(total=total, unit="B", unit_scale=True, desc=args.name, disable=None) as bar:
+
+        def progress(sent: int, _total: int) -> None:
+            bar.update(sent - bar.n)
+
+        info = client.register(
+            args.path, args.name, description=args.description, labels=labels, providers=args.provider,
+            max_batch_size=args.max_batch_size, load=not args.no_load, progress=progress,
+        )
+    _emit(args, _version_dict(info), f"registered {info.model} version {info.version} ({info.state})")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        models = client.list_models()
+    if args.json:
+        print(json.dumps([_model_dict(m) for m in models], indent=2))
+        return 0
+    for m in models:
+        versions = ", ".join(f"{v.version}:{v.state}" for v in m.versions)
+        print(f"{m.name}\t{versions}")
+    return 0
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        model = client.get_model(args.name)
+    print(json.dumps(_model_dict(model), indent=2))
+    return 0
+
+
+def _version_dict(v: Any) -> dict[str, Any]:
+    return {
+        "version": v.version, "state": v.state, "error": v.error, "sha256": v.sha256, "size_bytes": v.size_bytes,
+        "inputs": v.inputs, "outputs": v.outputs, "providers": v.providers,
+    }
+
+
+def _model_dict(m: Any) -> dict[str, Any]:
+    return {"name": m.name, "description": m.description, "versions": [_version_dict(v) for v in m.versions]}
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+def _add_predict(sub: Any) -> None:
+    p = sub.add_parser("predict", help="run a model once")
+    p.add_argument("model")
+    p.add_argument(
+        "--input", action="append", required=True, metavar="NAME=FILE.npy|JSON",
+        help="an input from a .npy file or inline JSON (cast to the model's input type)",
+    )
+    p.add_argument("--version", default="")
+    p.add_argument("--server", default=DEFAULT_SERVER)
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.set_defaults(run=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        signature = client.signature(args.model, args.version or None)
+        types = {name: dtype for name, dtype, _ in signature.inputs}
+        feeds = {}
+        for item in args.input:
+            name, value = _pair(item, "--input")
+            feeds[name] = _read_input(value, types.get(name, "FP32"))
+        result = client.predict(args.model, feeds, args.version or None, timeout=args.timeout)
+    out = {
+        "model": result.model, "version": result.version,
+        "outputs": {k: _jsonable(v) for k, v in result.outputs.items()},
+        "timing": {"queue_us": result.queue_us, "compute_us": result.compute_us, "batch_size": result.batch_size,
+                   "provider": result.provider},
+    }
+    print(json.dumps(out))
+    return 0
+
+
+def _read_input(value: str, dtype_name: str) -> np.ndarray:
+    if value.endswith(".npy"):
+        return np.load(value, allow_pickle=False)
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError:
+        raise OrtserveError(f"input {value!r} is neither a .npy file nor valid JSON") from None
+    dtype = dtypes.BY_NAME[dtype_name]
+    return np.array(data, dtype=object) if dtype is dtypes.BYTES else np.asarray(data, dtype=dtype.numpy)
+
+
+def _jsonable(array: np.ndarray) -> Any:
+    if array.dtype == object:
+        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in array.ravel().tolist()]
+    return array.tolist()
+
+
+def _pair(item: str, flag: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise OrtserveError(f"{flag} takes NAME=VALUE, got {item!r}")
+    return key, value
+
+
+def _add_config(sub: Any) -> None:
+    p = sub.add_parser("config", help="configuration")
+    csub = p.add_subparsers(required=True, metavar="ACTION")
+    show = csub.add_parser("show", help="print the effective settings (flags > env > file > defaults)")
+    _server_flags(show)
+    show.set_defaults(run=_config_show)
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from ortserve.config import load_config
+
+    config = load_config(args.config, overrides=_overrides(args))
+    print(json.dumps({**config.as_dict(), "db_url": config.db_url}, indent=2))
+    return 0

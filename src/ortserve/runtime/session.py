@@ -1,0 +1,101 @@
+"""ONNX Runtime sessions: build one shared InferenceSession per loaded version and run it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+from ortserve.errors import FailedPrecondition
+from ortserve.registry.records import ModelVersionRecord, ProviderSpec, SessionSettings
+from ortserve.runtime.providers import check_fallback, resolve_providers
+
+try:
+    import onnxruntime as ort
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise SystemExit(
+        "onnxruntime is not installed: install ortserve[cpu] (onnxruntime) or ortserve[gpu] "
+        "(onnxruntime-gpu), not both"
+    ) from exc
+
+log = structlog.get_logger(__name__)
+
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDefaults:
+    """Server-wide defaults a version's own settings fall back to."""
+
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    strict_providers: bool = False
+    intra_op_threads: int = 1
+
+
+class OrtSession:
+    """A loaded InferenceSession. `run` is thread-safe and releases the GIL."""
+
+    def __init__(self, session: ort.InferenceSession, fallback: tuple[str, ...]) -> None:
+        self._session = session
+        self.providers: tuple[str, ...] = tuple(session.get_providers())
+        self.provider = self.providers[0]
+        self.fallback = fallback
+        self.output_names: tuple[str, ...] = tuple(o.name for o in session.get_outputs())
+
+    def run(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        run_options: ort.RunOptions | None = None,
+    ) -> list[np.ndarray]:
+        return self._session.run(list(outputs) if outputs else None, dict(feeds), run_options)
+
+
+def session_options(settings: SessionSettings, defaults: SessionDefaults) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = _LEVELS[settings.graph_optimization_level]
+    opts.intra_op_num_threads = settings.intra_op_num_threads or defaults.intra_op_threads
+    opts.inter_op_num_threads = settings.inter_op_num_threads or 1
+    opts.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if settings.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    opts.enable_mem_pattern = settings.enable_mem_pattern
+    opts.enable_cpu_mem_arena = settings.enable_cpu_mem_arena
+    # Idle worker threads must not spin on a machine shared with the gRPC loop.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def create_session(record: ModelVersionRecord, defaults: SessionDefaults) -> OrtSession:
+    """Build the session for `record` with its provider preference (else the server's)."""
+
+    preferred = record.providers or tuple(ProviderSpec(name) for name in defaults.providers)
+    plan = resolve_providers(preferred, ort.get_available_providers(), strict=defaults.strict_providers)
+    names = [p.name for p in plan.providers]
+    options = [dict(p.options) for p in plan.providers]
+    try:
+        session = ort.InferenceSession(
+            record.path, session_options(record.session, defaults), providers=names, provider_options=options
+        )
+    except Exception as exc:  # ORT raises several unrelated types for a bad model or option
+        raise FailedPrecondition(f"model {record.model!r} version {record.version} failed to load: {exc}") from exc
+    # The Python wrapper would otherwise retry failed runs on CPU by mutating the shared session.
+    session.disable_fallback()
+    fallback = plan.unavailable + check_fallback(plan, session.get_providers(), strict=defaults.strict_providers)
+    if fallback:
+        log.warning("provider_fallback", model=record.model, version=record.version, missing=list(fallback))
+    return OrtSession(session, fallback)
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+__all__ = ["OrtSession", "SessionDefaults", "available_providers", "create_session"]

@@ -1,0 +1,1 @@
+"""The gRPC side: servicers, tensor conversion, interceptors, health, metrics and the composition root."""

@@ -1,0 +1,69 @@
+"""Start, run and stop a server: bind, load, serve, and drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import structlog
+
+from ortserve.config import ServerConfig
+from ortserve.errors import Unavailable
+from ortserve.server.deps import Components, build_server
+
+log = structlog.get_logger(__name__)
+
+
+class OrtServer:
+    """A running ortserve; `start` returns the bound gRPC port (0 in the config picks a free one)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.parts: Components = build_server(config)
+        self.port = 0
+        self.metrics_port = 0
+
+    async def start(self) -> int:
+        parts = self.parts
+        address = f"{self.config.host}:{self.config.port}"
+        try:
+            self.port = parts.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise Unavailable(f"cannot listen on {address}: {exc}") from exc
+        await parts.control.start()
+        if self.config.metrics_port >= 0:
+            self.metrics_port = parts.metrics.serve(self.config.host, self.config.metrics_port)
+        await parts.server.start()
+        await parts.health.serving()
+        log.info("server_started", address=f"{self.config.host}:{self.port}", metrics_port=self.metrics_port)
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Health NOT_SERVING, refuse new RPCs, let running ones finish, then close everything."""
+        parts = self.parts
+        await parts.health.shutting_down()
+        await parts.server.stop(self.config.grace_period_s if grace_s is None else grace_s)
+        await parts.control.aclose()
+        parts.executor.shutdown(wait=True)
+        log.info("server_stopped")
+
+    async def wait(self) -> None:
+        await self.parts.server.wait_for_termination()
+
+
+async def serve(config: ServerConfig, port_file: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT; write the bound port to `port_file` once serving."""
+    server = OrtServer(config)
+    await server.start()
+    if port_file:
+        tmp = Path(port_file + ".tmp")
+        tmp.write_text(str(server.port))
+        tmp.replace(port_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutdown_requested")
+    await server.stop()

@@ -1,0 +1,96 @@
+"""The composition root: config -> engine -> registry -> pool -> core -> servicers -> server.
+
+Tests build the same graph through `build_server`.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from grpc import aio
+
+from ortserve.api.inference import grpc_service_pb2_grpc as oip_grpc
+from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
+from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
+from ortserve.config import ServerConfig
+from ortserve.control import ControlPlane
+from ortserve.registry.db import make_engine, upgrade
+from ortserve.registry.service import Registry
+from ortserve.registry.store import ModelStore
+from ortserve.runtime.session import SessionDefaults
+from ortserve.scheduler.inference import InferenceCore
+from ortserve.scheduler.pool import ModelPool
+from ortserve.server.health import Health
+from ortserve.server.inference_servicer import InferenceServicer
+from ortserve.server.interceptors import RpcInterceptor
+from ortserve.server.metrics import Metrics
+from ortserve.server.oip_servicer import OipServicer
+from ortserve.server.registry_servicer import RegistryServicer
+
+SERVICE_NAMES = (
+    "ortserve.api.v1.InferenceService",
+    "ortserve.api.v1.RegistryService",
+    "inference.GRPCInferenceService",
+)
+
+
+@dataclass(slots=True)
+class Components:
+    """Everything a running server owns, for start-up and an orderly shutdown."""
+
+    config: ServerConfig
+    server: aio.Server
+    control: ControlPlane
+    health: Health
+    metrics: Metrics
+    executor: ThreadPoolExecutor
+
+
+def _threads(config: ServerConfig) -> tuple[int, int]:
+    cores = os.cpu_count() or 1
+    executor = config.executor_threads or cores
+    intra = config.intra_op_threads or max(1, cores // executor)
+    return executor, intra
+
+
+def build_server(config: ServerConfig) -> Components:
+    """Wire every component; nothing is started yet."""
+    engine = make_engine(config.db_url)
+    upgrade(engine)
+    registry = Registry(engine, ModelStore(config.store_dir), max_model_bytes=config.max_model_bytes)
+    executor_threads, intra = _threads(config)
+    executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="ort")
+    defaults = SessionDefaults(config.providers, config.strict_providers, intra)
+    pool = ModelPool(executor, defaults)
+    health = Health(pool, SERVICE_NAMES)
+    control = ControlPlane(registry, pool, load_on_start=config.load_on_start, on_change=health.update_models)
+    core = InferenceCore(pool)
+    metrics = Metrics()
+    server = aio.server(
+        interceptors=[RpcInterceptor(metrics)],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    ipb_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(core), server)
+    rpb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(control), server)
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(core, control), server)
+    _add_health_and_reflection(server, health, config)
+    return Components(config, server, control, health, metrics, executor)
+
+
+def _add_health_and_reflection(server: aio.Server, health: Health, config: ServerConfig) -> None:
+    from grpc_health.v1 import health_pb2_grpc
+
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    if config.reflection:
+        from grpc_reflection.v1alpha import reflection
+
+        reflection.enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
+
+
+__all__ = ["Components", "build_server"]
