@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.run(args)
         return result
-    except OrtserveError as exc:
+    except (OrtserveError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except _rpc_error() as exc:
@@ -93,12 +93,21 @@ def _register_examples(config: Any) -> None:
     engine = make_engine(config.db_url)
     upgrade(engine)
     registry = Registry(engine, ModelStore(config.store_dir), max_model_bytes=config.max_model_bytes)
-    if registry.list_models(1, "")[0]:
-        return
-    for name, path in write_examples(Path(config.data_dir) / "examples").items():
-        record = registry.register_file(path, name, description=f"example model {name}", created_by="examples")
-        print(f"registered example model {name!r} version {record.version}", file=sys.stderr)
+    if not registry.list_models(1, "")[0]:
+        for name, path in write_examples(Path(config.data_dir) / "examples").items():
+            record = registry.register_file(path, name, description=f"example model {name}", created_by="examples")
+            print(f"registered example model {name!r} version {record.version}", file=sys.stderr)
     engine.dispose()
+    print(_EXAMPLES_HINT.format(server=f"{config.host}:{config.port}"), file=sys.stderr)
+
+
+_EXAMPLES_HINT = """
+Example models: linear (x FP32 [N,16] -> y FP32 [N,4]) and add (a, b FP32 [N,4] -> z).
+Call them from another terminal:
+  .venv/bin/ortserve models list --server {server}
+  .venv/bin/ortserve predict add --server {server} --input a='[[1,2,3,4]]' --input b='[[10,20,30,40]]'
+  .venv/bin/ortserve predict linear --server {server} --input x="$(python3 -c 'print([[0.5]*16])')"
+"""
 
 
 def _add_db(sub: Any) -> None:

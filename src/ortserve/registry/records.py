@@ -46,7 +46,7 @@ class BatchingSettings:
     """Dynamic batching of one version. `max_batch_size` None: on when the model has a batch axis."""
 
     max_batch_size: int | None = None
-    max_queue_delay_us: int = 500
+    max_queue_delay_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 1024
     max_concurrent_batches: int = 2
@@ -55,7 +55,9 @@ class BatchingSettings:
         if self.max_batch_size is not None and self.max_batch_size < 0:
             raise InvalidInput(f"batching.max_batch_size must be >= 0, got {self.max_batch_size}")
         if not 0 <= self.max_queue_delay_us <= 10_000_000:
-            raise InvalidInput(f"batching.max_queue_delay_us must be in 0..10000000, got {self.max_queue_delay_us}")
+            raise InvalidInput(
+                f"batching.max_queue_delay_us must be in 0..10000000, got {self.max_queue_delay_us}"
+            )
         if self.max_queue_size < 1:
             raise InvalidInput(f"batching.max_queue_size must be >= 1, got {self.max_queue_size}")
         if not 1 <= self.max_concurrent_batches <= 64:
@@ -63,7 +65,9 @@ class BatchingSettings:
                 f"batching.max_concurrent_batches must be in 1..64, got {self.max_concurrent_batches}"
             )
         if any(size < 1 for size in self.preferred_batch_sizes):
-            raise InvalidInput(f"batching.preferred_batch_sizes must be >= 1, got {self.preferred_batch_sizes}")
+            raise InvalidInput(
+                f"batching.preferred_batch_sizes must be >= 1, got {self.preferred_batch_sizes}"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,7 +104,8 @@ class SessionSettings:
             )
         if self.execution_mode not in EXECUTION_MODES:
             raise InvalidInput(
-                f"session.execution_mode must be one of {', '.join(EXECUTION_MODES)}, got {self.execution_mode!r}"
+                f"session.execution_mode must be one of {', '.join(EXECUTION_MODES)}, "
+                f"got {self.execution_mode!r}"
             )
         for name in ("intra_op_num_threads", "inter_op_num_threads"):
             value = getattr(self, name)
@@ -166,3 +171,16 @@ class Manifest:
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     session: SessionSettings = field(default_factory=SessionSettings)
     created_by: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEventRecord:
+    """One registry change: who did what to which model version, with the state before and after."""
+
+    at: datetime
+    actor: str
+    action: str
+    model: str
+    version: int | None
+    before: Mapping[str, Any] | None
+    after: Mapping[str, Any] | None

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from asyncio import CancelledError
+from collections.abc import Callable, Sequence
 
 
 from ortserve.errors import DeadlineExceeded, InvalidInput
@@ -13,10 +14,14 @@ from ortserve.scheduler.pool import ModelPool
 
 
 class InferenceCore:
-    """Predict without touching the database: everything comes from the in-memory pool."""
+    """Predict without touching the database: everything comes from the in-memory pool.
 
-    def __init__(self, pool: ModelPool) -> None:
+    `classify` names the status code of a failure for metrics (the server's error table).
+    """
+
+    def __init__(self, pool: ModelPool, classify: Callable[[BaseException], str] = lambda exc: "ERROR") -> None:
         self.pool = pool
+        self._classify = classify
 
     async def predict(self, call: PredictCall) -> PredictResult:
         slot = self.pool.resolve(call.model, call.selector)
@@ -24,17 +29,23 @@ class InferenceCore:
         rows = check_feeds(record.signature, call.feeds, call.model)
         outputs = _wanted_outputs(record.signature, call.outputs, call.model)
         deadline = _deadline(call.timeout_s)
-        assert slot.runner is not None  # READY slots always have one
+        assert slot.batcher is not None  # READY slots always have one
         start = time.perf_counter_ns()
         slot.enter()
+        observer = slot.observer
+        observer.started()
         try:
-            arrays, timing = await slot.runner.submit(call.feeds, outputs, rows, deadline)
-        except BaseException:
-            slot.stats.record_request(False, time.perf_counter_ns() - start, 0)
+            arrays, timing = await slot.batcher.submit(call.feeds, outputs, rows, deadline, call.priority)
+        except BaseException as exc:
+            elapsed = time.perf_counter_ns() - start
+            slot.stats.record_request(False, elapsed, 0)
+            observer.finished(elapsed / 1e9, 0, "CANCELLED" if isinstance(exc, CancelledError) else self._classify(exc))
             raise
         finally:
             slot.leave()
-        slot.stats.record_request(True, time.perf_counter_ns() - start, timing.queue_ns)
+        elapsed = time.perf_counter_ns() - start
+        slot.stats.record_request(True, elapsed, timing.queue_ns)
+        observer.finished(elapsed / 1e9, timing.queue_ns, "OK")
         return PredictResult(call.model, record.version, dict(zip(outputs, arrays, strict=True)), timing)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -14,7 +14,8 @@ from ortserve.errors import FailedPrecondition, ModelNotReady, NotFound, Ortserv
 from ortserve.registry.records import ModelVersionRecord, VersionState
 from ortserve.runtime.session import OrtSession, SessionDefaults, create_session
 from ortserve.runtime.warmup import sample_feeds
-from ortserve.scheduler.runner import DirectRunner
+from ortserve.scheduler.batcher import Batcher, BatcherConfig
+from ortserve.scheduler.observer import NullObserver, VersionObserver
 from ortserve.scheduler.stats import VersionStats
 
 log = structlog.get_logger(__name__)
@@ -29,7 +30,8 @@ class VersionSlot:
     state: VersionState = VersionState.REGISTERED
     error: str = ""
     session: OrtSession | None = None
-    runner: DirectRunner | None = None
+    batcher: Batcher | None = None
+    observer: VersionObserver = field(default_factory=NullObserver)
     stats: VersionStats = field(default_factory=VersionStats)
     inflight: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
@@ -49,11 +51,17 @@ class VersionSlot:
 
 
 class ModelPool:
-    """Every registered version known to this server; READY ones hold a session and a runner."""
+    """Every registered version known to this server; READY ones hold a session and a batcher."""
 
-    def __init__(self, executor: Executor, defaults: SessionDefaults) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        defaults: SessionDefaults,
+        observe: Callable[[str, int], VersionObserver] = lambda model, version: NullObserver(),
+    ) -> None:
         self._executor = executor
         self._defaults = defaults
+        self._observe = observe
         self._models: dict[str, dict[int, VersionSlot]] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
 
@@ -64,7 +72,8 @@ class ModelPool:
             versions = self._models.setdefault(record.model, {})
             slot = versions.get(record.version)
             if slot is None:
-                versions[record.version] = slot = VersionSlot(record, drained=_set_event())
+                observer = self._observe(record.model, record.version)
+                versions[record.version] = slot = VersionSlot(record, drained=_set_event(), observer=observer)
                 added.append(slot)
             else:
                 slot.record = record
@@ -131,9 +140,16 @@ class ModelPool:
     def _activate(self, slot: VersionSlot, session: OrtSession) -> None:
         slot.session = session
         slot.stats = VersionStats()
-        slot.runner = DirectRunner(
-            session, self._executor, slot.stats, slot.record.batching.max_concurrent_batches
+        record = slot.record
+        slot.batcher = Batcher(
+            session,
+            self._executor,
+            slot.stats,
+            batcher_config(record),
+            name=f"model {record.model!r} version {record.version}",
+            observer=slot.observer,
         )
+        slot.batcher.start()
         slot.state = VersionState.READY
         log.info("model_ready", model=slot.record.model, version=slot.record.version, providers=session.providers)
 
@@ -148,9 +164,9 @@ class ModelPool:
                 await asyncio.wait_for(slot.drained.wait(), DRAIN_TIMEOUT_S)
             except TimeoutError:
                 log.warning("drain_timeout", model=model, version=version, inflight=slot.inflight)
-            if slot.runner is not None:
-                await slot.runner.aclose()
-            slot.session, slot.runner = None, None
+            if slot.batcher is not None:
+                await slot.batcher.aclose()
+            slot.session, slot.batcher = None, None
             log.info("model_unloaded", model=model, version=version)
 
     async def aclose(self) -> None:
@@ -165,6 +181,26 @@ class ModelPool:
 
     def _lock(self, key: tuple[str, int]) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
+
+
+DEFAULT_MAX_BATCH_SIZE = 64
+
+
+def batcher_config(record: ModelVersionRecord) -> BatcherConfig:
+    """Batching is on by default when axis 0 is a dynamic batch axis, and impossible otherwise."""
+    settings = record.batching
+    size = settings.max_batch_size
+    if size is None:
+        size = DEFAULT_MAX_BATCH_SIZE
+    if not record.signature.batch_axis:
+        size = 0
+    return BatcherConfig(
+        max_batch_size=size,
+        max_queue_delay_us=settings.max_queue_delay_us,
+        preferred_batch_sizes=settings.preferred_batch_sizes,
+        max_queue_size=settings.max_queue_size,
+        max_concurrent_batches=settings.max_concurrent_batches,
+    )
 
 
 def _set_event() -> asyncio.Event:

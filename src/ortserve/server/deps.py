@@ -22,6 +22,7 @@ from ortserve.registry.store import ModelStore
 from ortserve.runtime.session import SessionDefaults
 from ortserve.scheduler.inference import InferenceCore
 from ortserve.scheduler.pool import ModelPool
+from ortserve.server.errors import status_of
 from ortserve.server.health import Health
 from ortserve.server.inference_servicer import InferenceServicer
 from ortserve.server.interceptors import RpcInterceptor
@@ -63,11 +64,11 @@ def build_server(config: ServerConfig) -> Components:
     executor_threads, intra = _threads(config)
     executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="ort")
     defaults = SessionDefaults(config.providers, config.strict_providers, intra)
-    pool = ModelPool(executor, defaults)
+    metrics = Metrics()
+    pool = ModelPool(executor, defaults, metrics.for_version)
     health = Health(pool, SERVICE_NAMES)
     control = ControlPlane(registry, pool, load_on_start=config.load_on_start, on_change=health.update_models)
-    core = InferenceCore(pool)
-    metrics = Metrics()
+    core = InferenceCore(pool, classify=lambda exc: status_of(exc)[0].name)
     server = aio.server(
         interceptors=[RpcInterceptor(metrics)],
         options=[

@@ -2,29 +2,91 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-_RPC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+_SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_VERSION = ["model", "version"]
 
 
 class Metrics:
-    """What operators watch: RPCs by method and status, and their durations."""
+    """What operators watch: RPCs by method and status; per model version, requests, queueing,
+    compute, batch sizes, queue depth, in-flight requests, errors by status code and flush reasons."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.rpc_total = Counter(
-            "ortserve_rpc_total", "RPCs handled, by method and status code", ["method", "code"], registry=self.registry
-        )
+        r = self.registry = CollectorRegistry()
+        self.rpc_total = Counter("ortserve_rpc_total", "RPCs handled", ["method", "code"], registry=r)
         self.rpc_seconds = Histogram(
-            "ortserve_rpc_duration_seconds", "RPC handling time", ["method"], buckets=_RPC_BUCKETS,
-            registry=self.registry,
+            "ortserve_rpc_duration_seconds", "RPC handling time", ["method"], buckets=_SECONDS, registry=r
+        )
+        self.request_seconds = Histogram(
+            "ortserve_request_duration_seconds", "Inference request time in the core", _VERSION, buckets=_SECONDS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "ortserve_queue_duration_seconds", "Time requests wait for a batch", _VERSION, buckets=_SECONDS, registry=r
+        )
+        self.compute_seconds = Histogram(
+            "ortserve_compute_duration_seconds", "Batch compute time (stack, run, split)", _VERSION,
+            buckets=_SECONDS, registry=r,
+        )
+        self.batch_rows = Histogram("ortserve_batch_size", "Rows per executed batch", _VERSION, buckets=_ROWS, registry=r)
+        self.queue_depth = Gauge("ortserve_queue_depth", "Requests waiting for a batch", _VERSION, registry=r)
+        self.inflight = Gauge("ortserve_inflight_requests", "Requests in the core", _VERSION, registry=r)
+        self.errors = Counter(
+            "ortserve_request_errors_total", "Failed inference requests by status code", [*_VERSION, "code"], registry=r
+        )
+        self.flushes = Counter(
+            "ortserve_batch_flush_total", "Batches closed, by reason", [*_VERSION, "reason"], registry=r
         )
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         self.rpc_total.labels(method, code).inc()
         self.rpc_seconds.labels(method).observe(seconds)
 
+    def for_version(self, model: str, version: int) -> VersionMetrics:
+        return VersionMetrics(self, model, str(version))
+
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint; return its bound port (0 picks a free one)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return int(server.server_port)
+
+
+class VersionMetrics:
+    """The label children of one version, bound once so the hot path does no label lookups."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self._metrics = metrics
+        self._labels = (model, version)
+        self._request = metrics.request_seconds.labels(model, version)
+        self._queue = metrics.queue_seconds.labels(model, version)
+        self._compute = metrics.compute_seconds.labels(model, version)
+        self._rows = metrics.batch_rows.labels(model, version)
+        self._depth = metrics.queue_depth.labels(model, version)
+        self._inflight = metrics.inflight.labels(model, version)
+        self._flushes = {
+            reason: metrics.flushes.labels(model, version, reason)
+            for reason in ("full", "preferred", "delay", "deadline")
+        }
+
+    def queue_depth(self, depth: int) -> None:
+        self._depth.set(depth)
+
+    def flushed(self, reason: str) -> None:
+        self._flushes[reason].inc()
+
+    def batch(self, rows: int, compute_ns: int) -> None:
+        self._rows.observe(rows)
+        self._compute.observe(compute_ns / 1e9)
+
+    def started(self) -> None:
+        self._inflight.inc()
+
+    def finished(self, seconds: float, queue_ns: int, code: str) -> None:
+        self._inflight.dec()
+        self._request.observe(seconds)
+        if code == "OK":
+            self._queue.observe(queue_ns / 1e9)
+        else:
+            self._metrics.errors.labels(*self._labels, code).inc()

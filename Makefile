@@ -1,0 +1,52 @@
+# ortserve: `make serve` runs the server with two example models; `make test` runs every check.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8001
+METRICS_PORT ?= 8002
+DATA_DIR ?= ./ortserve-data
+
+.PHONY: serve test install lint typecheck protos protos-check buf-lint buf-breaking pytest clients-toolchains triton-venv bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=25.1"
+	$(PY) -m pip install -q -e ".[cpu]" --group dev
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/ortserve serve --examples --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT) --data-dir $(DATA_DIR)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+protos-check: $(STAMP)
+	$(PY) scripts/gen_protos.py --check
+
+buf-lint: $(STAMP)
+	$(VENV)/bin/buf lint
+
+triton-venv:
+	bash scripts/triton_venv.sh
+
+clients-toolchains:
+	bash scripts/install_client_toolchains.sh
+
+pytest: $(STAMP) triton-venv clients-toolchains
+	$(VENV)/bin/pytest
+
+test: lint typecheck protos-check buf-lint pytest
+
+clean:
+	rm -rf $(VENV) .venv-triton clients/cpp/build clients/node/dist clients/node/node_modules

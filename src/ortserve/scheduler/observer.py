@@ -1,0 +1,34 @@
+"""What the batcher and the core report about one version; metrics implement it, tests may record it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class VersionObserver(Protocol):
+    def queue_depth(self, depth: int) -> None: ...
+
+    def flushed(self, reason: str) -> None: ...
+
+    def batch(self, rows: int, compute_ns: int) -> None: ...
+
+    def started(self) -> None: ...
+
+    def finished(self, seconds: float, queue_ns: int, code: str) -> None: ...
+
+
+class NullObserver:
+    def queue_depth(self, depth: int) -> None:
+        pass
+
+    def flushed(self, reason: str) -> None:
+        pass
+
+    def batch(self, rows: int, compute_ns: int) -> None:
+        pass
+
+    def started(self) -> None:
+        pass
+
+    def finished(self, seconds: float, queue_ns: int, code: str) -> None:
+        pass

@@ -1,0 +1,261 @@
+"""The batcher over real ONNX Runtime sessions, with a gate to hold batches deterministically."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from ortserve.errors import DeadlineExceeded, InvalidInput, ResourceExhausted
+from ortserve.runtime.session import OrtSession
+from ortserve.scheduler.batcher import Batcher, BatcherConfig
+from ortserve.scheduler.stats import VersionStats
+from tests import onnx_models
+
+W = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+
+
+class GatedSession:
+    """A real session whose runs wait for the gate; records each batch's rows and run options."""
+
+    def __init__(self, model: bytes) -> None:
+        self._inner = OrtSession(ort.InferenceSession(model), ())
+        self.provider = self._inner.provider
+        self.gate = threading.Event()
+        self.batches: list[int] = []
+        self.options: list[ort.RunOptions] = []
+        self.order: list[float] = []
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None, options: Any) -> list[np.ndarray]:
+        self.options.append(options)
+        self.gate.wait(10)
+        first = next(iter(feeds.values()))
+        self.batches.append(int(first.shape[0]))
+        self.order.extend(float(v) for v in first[:, 0])
+        return self._inner.run(feeds, outputs, options)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.flushes: list[str] = []
+
+    def queue_depth(self, depth: int) -> None:
+        pass
+
+    def flushed(self, reason: str) -> None:
+        self.flushes.append(reason)
+
+    def batch(self, rows: int, compute_ns: int) -> None:
+        pass
+
+    def started(self) -> None:
+        pass
+
+    def finished(self, seconds: float, queue_ns: int, code: str) -> None:
+        pass
+
+
+@pytest.fixture
+def executor() -> Any:
+    pool = ThreadPoolExecutor(4)
+    yield pool
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def make(session: Any, executor: Any, **overrides: Any) -> tuple[Batcher, Recorder]:
+    settings = {
+        "max_batch_size": 8,
+        "max_queue_delay_us": 0,
+        "preferred_batch_sizes": (),
+        "max_queue_size": 1024,
+        "max_concurrent_batches": 1,
+    }
+    settings.update(overrides)
+    recorder = Recorder()
+    batcher = Batcher(session, executor, VersionStats(), BatcherConfig(**settings), name="model 'm' version 1",
+                      observer=recorder)
+    batcher.start()
+    return batcher, recorder
+
+
+def linear_feeds(rows: int, value: float | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    x = np.random.default_rng(seed).standard_normal((rows, 16)).astype(np.float32)
+    if value is not None:
+        x[:, 0] = value
+    return {"x": x}
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+
+
+async def test_batches_form_up_to_the_limit_and_results_reach_their_callers(executor: Any) -> None:
+    session = GatedSession(onnx_models.linear())
+    batcher, recorder = make(session, executor, max_batch_size=8)
+    sizes = np.random.default_rng(7).integers(1, 5, size=12).tolist()
+    first = asyncio.create_task(batcher.submit(linear_feeds(1), ["y"], 1, None))
+    await settle()
+    feeds = [linear_feeds(n, seed=i + 1) for i, n in enumerate(sizes)]
+    tasks = [asyncio.create_task(batcher.submit(f, ["y"], int(f["x"].shape[0]), None)) for f in feeds]
+    await settle()
+    session.gate.set()
+    results = await asyncio.gather(*tasks)
+    await first
+    assert all(b <= 8 for b in session.batches[1:])
+    assert sum(session.batches[1:]) == sum(sizes)
+    assert len(session.batches) - 1 < len(sizes)  # requests were actually batched
+    for f, (arrays, timing) in zip(feeds, results, strict=True):
+        np.testing.assert_allclose(arrays[0], f["x"] @ W, rtol=1e-5, atol=1e-5)
+        assert timing.batch_size >= f["x"].shape[0]
+    assert set(recorder.flushes) == {"delay", "full"} or set(recorder.flushes) <= {"delay", "full"}
+    await batcher.aclose()
+
+
+async def test_requests_with_different_non_batch_dims_go_to_different_batches(executor: Any) -> None:
+    session = GatedSession(onnx_models.identity(shape=("N", "M")))
+    batcher, _ = make(session, executor)
+    blocker = asyncio.create_task(batcher.submit({"x": np.zeros((1, 2), np.float32)}, ["y"], 1, None))
+    await settle()
+    narrow = [np.full((1, 2), i, np.float32) for i in range(3)]
+    wide = [np.full((2, 5), 10 + i, np.float32) for i in range(2)]
+    tasks = [asyncio.create_task(batcher.submit({"x": a}, ["y"], a.shape[0], None)) for a in narrow + wide]
+    await settle()
+    session.gate.set()
+    results = await asyncio.gather(*tasks)
+    await blocker
+    assert sorted(session.batches[1:]) == [3, 4]
+    for a, (arrays, _) in zip(narrow + wide, results, strict=True):
+        np.testing.assert_array_equal(arrays[0], a)
+    await batcher.aclose()
+
+
+async def test_deadline_passing_in_the_queue_fails_without_computing(executor: Any) -> None:
+    session = GatedSession(onnx_models.linear())
+    batcher, _ = make(session, executor)
+    blocker = asyncio.create_task(batcher.submit(linear_feeds(1), ["y"], 1, None))
+    await settle()
+    loop = asyncio.get_running_loop()
+    doomed = asyncio.create_task(batcher.submit(linear_feeds(3), ["y"], 3, loop.time() + 0.05))
+    with pytest.raises(DeadlineExceeded, match=r"deadline passed after .* ms in the queue"):
+        await asyncio.wait_for(asyncio.shield(doomed), 5)
+    session.gate.set()
+    await blocker
+    await settle()
+    assert session.batches == [1]
+    await batcher.aclose()
+
+
+async def test_cancelled_request_leaves_the_queue_and_is_not_computed(executor: Any) -> None:
+    session = GatedSession(onnx_models.linear())
+    batcher, _ = make(session, executor)
+    blocker = asyncio.create_task(batcher.submit(linear_feeds(1), ["y"], 1, None))
+    await settle()
+    victim = asyncio.create_task(batcher.submit(linear_feeds(5), ["y"], 5, None))
+    keeper = asyncio.create_task(batcher.submit(linear_feeds(2), ["y"], 2, None))
+    await settle()
+    assert batcher.queued == 2
+    victim.cancel()
+    await settle()
+    assert batcher.queued == 1
+    session.gate.set()
+    await asyncio.gather(blocker, keeper)
+    assert session.batches == [1, 2]
+    await batcher.aclose()
+
+
+async def test_queue_full_is_rejected_naming_the_model_and_limit(executor: Any) -> None:
+    session = GatedSession(onnx_models.linear())
+    batcher, _ = make(session, executor, max_queue_size=2)
+    tasks = [asyncio.create_task(batcher.submit(linear_feeds(1), ["y"], 1, None))]
+    await settle()
+    tasks += [asyncio.create_task(batcher.submit(linear_feeds(1), ["y"], 1, None)) for _ in range(2)]
+    await settle()
+    with pytest.raises(ResourceExhausted, match=r"model 'm' version 1: queue is full \(2 requests, its max_queue_size\)"):
+        await batcher.submit(linear_feeds(1), ["y"], 1, None)
+    session.gate.set()
+    await asyncio.gather(*tasks)
+    await batcher.aclose()
+
+
+async def test_higher_priority_is_batched_first(executor: Any) -> None:
+    session = GatedSession(onnx_models.linear())
+    batcher, _ = make(session, executor, max_batch_size=1)
+    blocker = asyncio.create_task(batcher.submit(linear_feeds(1, value=-1.0), ["y"], 1, None))
+    await settle()
+    tasks = [
+        asyncio.create_task(batcher.submit(linear_feeds(1, value=v), ["y"], 1, None, priority))
+        for v, priority in [(1.0, 0), (2.0, 0), (3.0, 5), (4.0, 1)]
+    ]
+    await settle()
+    session.gate.set()
+    await asyncio.gather(blocker, *tasks)
+    assert session.order == [-1.0, 3.0, 4.0, 1.0, 2.0]
+    await batcher.aclose()
+
+
+async def test_a_failing_batch_fails_only_its_own_callers(executor: Any) -> None:
+    session = GatedSession(onnx_models.gather(picks="P"))
+    batcher, _ = make(session, executor)
+    data = np.arange(8, dtype=np.float32).reshape(2, 4)
+    blocker = asyncio.create_task(batcher.submit({"data": data, "idx": np.zeros((2, 1), np.int64)}, ["out"], 2, None))
+    await settle()
+    good = [
+        asyncio.create_task(batcher.submit({"data": data, "idx": np.full((2, 1), i, np.int64)}, ["out"], 2, None))
+        for i in range(3)
+    ]
+    bad = asyncio.create_task(batcher.submit({"data": data, "idx": np.full((2, 2), 99, np.int64)}, ["out"], 2, None))
+    await settle()
+    session.gate.set()
+    results = await asyncio.gather(*good)
+    with pytest.raises(InvalidInput, match=r"model 'm' version 1 failed on this input: .*"):
+        await bad
+    await blocker
+    for i, (arrays, _) in enumerate(results):
+        np.testing.assert_array_equal(arrays[0], data[:, [i]])
+    await batcher.aclose()
+
+
+async def test_abandoned_running_batch_is_terminated(executor: Any) -> None:
+    session = GatedSession(onnx_models.linear())
+    batcher, _ = make(session, executor)
+    task = asyncio.create_task(batcher.submit(linear_feeds(2), ["y"], 2, None))
+    await settle()
+    assert len(session.options) == 1 and not session.options[0].terminate
+    task.cancel()
+    await settle()
+    assert session.options[0].terminate
+    session.gate.set()
+    await batcher.aclose()
+
+
+async def test_deadline_aware_flush_and_early_rejection(executor: Any) -> None:
+    session = GatedSession(onnx_models.linear())
+    session.gate.set()
+    batcher, recorder = make(session, executor, max_queue_delay_us=5_000_000)
+    for _ in range(3):
+        batcher.latency.observe(1, 20_000_000)  # 20 ms per row, learned
+    loop = asyncio.get_running_loop()
+    with pytest.raises(DeadlineExceeded, match=r"cannot finish within its deadline: .* ms left, computing 1 row"):
+        await batcher.submit(linear_feeds(1), ["y"], 1, loop.time() + 0.005)
+    arrays, _ = await batcher.submit(linear_feeds(1), ["y"], 1, loop.time() + 0.2)
+    assert recorder.flushes == ["deadline"]
+    await batcher.aclose()
+
+
+async def test_preferred_batch_size_closes_the_batch(executor: Any) -> None:
+    session = GatedSession(onnx_models.linear())
+    batcher, recorder = make(session, executor, max_batch_size=16, preferred_batch_sizes=(4,), max_queue_delay_us=5_000_000)
+    tasks = [asyncio.create_task(batcher.submit(linear_feeds(1), ["y"], 1, None)) for _ in range(4)]
+    await settle()
+    session.gate.set()
+    await asyncio.gather(*tasks)
+    assert session.batches == [4]
+    assert recorder.flushes == ["preferred"]
+    await batcher.aclose()
