@@ -6,6 +6,7 @@ Tests build the same graph through `build_server`.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ def _threads(config: ServerConfig) -> tuple[int, int]:
 
 def build_server(config: ServerConfig) -> Components:
     """Wire every component; nothing is started yet."""
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     engine = make_engine(config.db_url)
     upgrade(engine)
     registry = Registry(engine, ModelStore(config.store_dir), max_model_bytes=config.max_model_bytes)

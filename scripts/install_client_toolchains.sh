@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what the example clients under clients/ need, idempotently:
+#   - C++: Debian's gRPC/protobuf dev packages, protoc + grpc_cpp_plugin, cmake, g++, pkg-config
+#   - Node: the npm dependencies of clients/node (npm ci from the committed lock file)
+# Meant for Debian 12 (bookworm), run as root (or with sudo available), non-interactively.
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+apt_packages=(
+  libgrpc++-dev
+  protobuf-compiler-grpc
+  libprotobuf-dev
+  protobuf-compiler
+  cmake
+  g++
+  pkg-config
+)
+
+if [ "$(id -u)" -eq 0 ]; then
+  sudo=()
+elif command -v sudo >/dev/null 2>&1; then
+  sudo=(sudo -n)
+else
+  sudo=()
+fi
+
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install_client_toolchains: apt-get not found; install these yourself: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "install_client_toolchains: installing ${missing[*]}"
+  "${sudo[@]}" apt-get update -q
+  "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "install_client_toolchains: apt packages already installed"
+fi
+
+if ! command -v npm >/dev/null 2>&1; then
+  echo "install_client_toolchains: npm not found; install Node.js >= 18 (with npm) first" >&2
+  exit 1
+fi
+
+cd "$repo_root/clients/node"
+if [ -f package-lock.json ]; then
+  npm ci --no-audit --no-fund
+else
+  npm install --no-audit --no-fund
+fi
+
+echo "install_client_toolchains: done"
