@@ -90,6 +90,7 @@ def _register_examples(config: Any) -> None:
     from ortserve.registry.service import Registry
     from ortserve.registry.store import ModelStore
 
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     engine = make_engine(config.db_url)
     upgrade(engine)
     registry = Registry(engine, ModelStore(config.store_dir), max_model_bytes=config.max_model_bytes)

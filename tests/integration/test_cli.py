@@ -1,0 +1,97 @@
+"""The `ortserve` command as a user runs it: serve in a subprocess, then client commands against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tests import onnx_models
+
+STARTUP_S = 60
+
+
+def ortserve(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "ortserve", *args], capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        pytest.fail(f"ortserve {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    port_file = tmp_path / "port"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ortserve", "serve", "--examples", "--port", "0", "--metrics-port", "0",
+         "--data-dir", str(tmp_path / "data"), "--port-file", str(port_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + STARTUP_S
+    while not port_file.exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            pytest.fail(f"server did not start:\n{server.stdout.read() if server.stdout else ''}")
+        time.sleep(0.1)
+    yield f"127.0.0.1:{port_file.read_text()}", tmp_path
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        pytest.fail("server did not stop within 20 s of SIGTERM")
+    assert server.returncode == 0
+
+
+def test_examples_register_predict_and_show(served: tuple[str, Path]) -> None:
+    address, tmp = served
+    listed = ortserve("models", "list", "--server", address).stdout
+    assert "add\t1:ready" in listed and "linear\t1:ready" in listed
+
+    out = json.loads(ortserve("predict", "add", "--server", address, "--input", "a=[[1,2,3,4]]",
+                              "--input", "b=[[10,20,30,40]]").stdout)
+    assert out["outputs"]["z"] == [[11, 22, 33, 44]] and out["version"] == 1
+
+    model = tmp / "mine.onnx"
+    onnx_models.linear(model, seed=5)
+    registered = ortserve("models", "register", str(model), "--name", "mine", "--server", address)
+    assert "registered mine version 1 (ready)" in registered.stdout
+
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    np.save(tmp / "x.npy", x)
+    out = json.loads(ortserve("predict", "mine", "--server", address, "--input", f"x={tmp / 'x.npy'}").stdout)
+    expected = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(np.array(out["outputs"]["y"], np.float32), expected, rtol=1e-5)
+
+    shown = json.loads(ortserve("models", "show", "mine", "--server", address).stdout)
+    assert shown["versions"][0]["inputs"] == [["x", "FP32", [-1, 16]]]
+
+
+def test_client_errors_are_one_line_with_the_status(served: tuple[str, Path]) -> None:
+    address, _ = served
+    proc = ortserve("predict", "nope", "--server", address, "--input", "x=[1]", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: NOT_FOUND: model 'nope' is not registered"
+    proc = ortserve("predict", "add", "--server", address, "--input", "a=[[1,2,3]]", "--input", "b=[[1,2,3]]",
+                    check=False)
+    assert "INVALID_ARGUMENT: model 'add' input 'a': shape [1, 3] does not match the expected [-1, 4]" in proc.stderr
+    proc = ortserve("models", "register", "/nonexistent.onnx", "--name", "x", "--server", address, check=False)
+    assert proc.returncode == 2 and "No such file" in proc.stderr
+
+
+def test_config_show_and_db_upgrade(tmp_path: Path) -> None:
+    env_port = {**os.environ, "ORTSERVE_PORT": "9123"}
+    proc = subprocess.run([sys.executable, "-m", "ortserve", "config", "show", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, env=env_port, timeout=60, check=True)
+    shown = json.loads(proc.stdout)
+    assert shown["port"] == 9123 and shown["data_dir"] == str(tmp_path)
+    out = ortserve("db", "upgrade", "--data-dir", str(tmp_path)).stdout
+    assert "is up to date" in out and (tmp_path / "registry.db").exists()
