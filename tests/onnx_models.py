@@ -20,12 +20,16 @@ def _save(model: onnx.ModelProto, path: Path | None) -> bytes:
 
 
 def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ortserve-tests")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ortserve-tests"
+    )
     model.ir_version = 8
     return model
 
 
-def linear(path: Path | None = None, n_in: int = 16, n_out: int = 4, seed: int = 0, bias: float = 0.0) -> bytes:
+def linear(
+    path: Path | None = None, n_in: int = 16, n_out: int = 4, seed: int = 0, bias: float = 0.0
+) -> bytes:
     """y[N, n_out] = x[N, n_in] @ W + b, with a dynamic batch axis."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((n_in, n_out)).astype(np.float32)
@@ -54,7 +58,9 @@ def add(path: Path | None = None, elem: int = TensorProto.FLOAT, width: int = 4)
     return _save(_model(graph), path)
 
 
-def identity(path: Path | None = None, elem: int = TensorProto.FLOAT, shape: tuple[int | str, ...] = ("N", 3)) -> bytes:
+def identity(
+    path: Path | None = None, elem: int = TensorProto.FLOAT, shape: tuple[int | str, ...] = ("N", 3)
+) -> bytes:
     """y = x for any element type (strings and booleans too)."""
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
@@ -91,3 +97,58 @@ def custom_domain(path: Path | None = None) -> bytes:
     )
     model.ir_version = 8
     return model.SerializeToString()
+
+
+def two_batch_names(path: Path | None = None) -> bytes:
+    """ya = a, yb = b where a is [N, 3] and b is [M, 3]: dynamic axis 0 under two names (not batchable)."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["a"], ["ya"]), helper.make_node("Identity", ["b"], ["yb"])],
+        "two_batch_names",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["M", 3]),
+        ],
+        [
+            helper.make_tensor_value_info("ya", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("yb", TensorProto.FLOAT, ["M", 3]),
+        ],
+    )
+    return _save(_model(graph), path)
+
+
+def external_data(path: Path, location: str = "weights.bin") -> bytes:
+    """linear() with its weight W stored in the external file `location` next to `path`."""
+    model = onnx.load_from_string(linear())
+    onnx.save_model(model, str(path), save_as_external_data=True, location=location, size_threshold=0)
+    return path.read_bytes()
+
+
+def big_initializer(path: Path | None = None, megabytes: int = 128) -> bytes:
+    """y = x + W with W a float32 initializer of `megabytes` MiB (validation needs several times that)."""
+    cols = megabytes * (1 << 20) // 4 // 1024
+    w = np.ones((1024, cols), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "W"], ["y"])],
+        "big_initializer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1024, cols])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1024, cols])],
+        [numpy_helper.from_array(w, "W")],
+    )
+    data = _model(graph).SerializeToString()
+    if path is not None:
+        path.write_bytes(data)
+    return data
+
+
+def gather(path: Path | None = None, width: int = 4, picks: int | str = 1) -> bytes:
+    """out[N, picks] = GatherElements(data[N, width], idx[N, picks], axis=1); a bad index fails at run time."""
+    graph = helper.make_graph(
+        [helper.make_node("GatherElements", ["data", "idx"], ["out"], axis=1)],
+        "gather",
+        [
+            helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", width]),
+            helper.make_tensor_value_info("idx", TensorProto.INT64, ["N", picks]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", picks])],
+    )
+    return _save(_model(graph), path)

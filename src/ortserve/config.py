@@ -48,6 +48,13 @@ class ServerConfig:
     # Register the example models when the registry is empty.
     examples: bool = False
     reflection: bool = True
+    # TLS: PEM files; with tls_client_ca_file clients must present a certificate (mutual TLS).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    # Bearer tokens; when any is set every RPC but health and reflection needs one.
+    infer_tokens: tuple[str, ...] = ()
+    admin_tokens: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("port", "metrics_port"):
@@ -66,6 +73,14 @@ class ServerConfig:
             raise InvalidInput("providers must name at least one execution provider")
         if self.intra_op_threads < 0 or self.executor_threads < 0:
             raise InvalidInput("intra_op_threads and executor_threads must be >= 0")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise InvalidInput("tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise InvalidInput("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.infer_tokens or self.admin_tokens)
 
     @property
     def db_url(self) -> str:
@@ -76,7 +91,11 @@ class ServerConfig:
         return Path(self.data_dir) / "store"
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Settings for display; tokens are masked."""
+        data = dataclasses.asdict(self)
+        for key in ("infer_tokens", "admin_tokens"):
+            data[key] = ["***"] * len(data[key])
+        return data
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:

@@ -10,7 +10,7 @@ import structlog
 
 from ortserve.config import ServerConfig
 from ortserve.errors import Unavailable
-from ortserve.server.deps import Components, build_server
+from ortserve.server.deps import Components, build_server, server_credentials
 
 log = structlog.get_logger(__name__)
 
@@ -27,8 +27,12 @@ class OrtServer:
     async def start(self) -> int:
         parts = self.parts
         address = f"{self.config.host}:{self.config.port}"
+        credentials = server_credentials(self.config)
         try:
-            self.port = parts.server.add_insecure_port(address)
+            if credentials is None:
+                self.port = parts.server.add_insecure_port(address)
+            else:
+                self.port = parts.server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise Unavailable(f"cannot listen on {address}: {exc}") from exc
         await parts.control.start()

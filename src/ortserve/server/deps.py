@@ -10,6 +10,7 @@ from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import grpc
 from grpc import aio
 
 from ortserve.api.inference import grpc_service_pb2_grpc as oip_grpc
@@ -23,6 +24,7 @@ from ortserve.registry.store import ModelStore
 from ortserve.runtime.session import SessionDefaults
 from ortserve.scheduler.inference import InferenceCore
 from ortserve.scheduler.pool import ModelPool
+from ortserve.server.auth import TokenAuth
 from ortserve.server.errors import status_of
 from ortserve.server.health import Health
 from ortserve.server.inference_servicer import InferenceServicer
@@ -72,7 +74,7 @@ def build_server(config: ServerConfig) -> Components:
     control = ControlPlane(registry, pool, load_on_start=config.load_on_start, on_change=health.update_models)
     core = InferenceCore(pool, classify=lambda exc: status_of(exc)[0].name)
     server = aio.server(
-        interceptors=[RpcInterceptor(metrics)],
+        interceptors=[RpcInterceptor(metrics, _auth(config))],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -84,6 +86,22 @@ def build_server(config: ServerConfig) -> Components:
     oip_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(core, control), server)
     _add_health_and_reflection(server, health, config)
     return Components(config, server, control, health, metrics, executor)
+
+
+def _auth(config: ServerConfig) -> TokenAuth | None:
+    return TokenAuth(config.infer_tokens, config.admin_tokens) if config.auth_enabled else None
+
+
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS (mutual when a client CA is configured), or None for plaintext."""
+    if not config.tls_cert_file:
+        return None
+    key = Path(config.tls_key_file).read_bytes()
+    cert = Path(config.tls_cert_file).read_bytes()
+    client_ca = Path(config.tls_client_ca_file).read_bytes() if config.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 def _add_health_and_reflection(server: aio.Server, health: Health, config: ServerConfig) -> None:

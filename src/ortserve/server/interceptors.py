@@ -10,6 +10,7 @@ import grpc
 import structlog
 from grpc import aio
 
+from ortserve.server.auth import TokenAuth
 from ortserve.server.errors import status_of
 from ortserve.server.metrics import Metrics
 
@@ -20,8 +21,9 @@ Handler = grpc.RpcMethodHandler
 class RpcInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     """Wraps each method's handler once (cached by method name), for all four arities."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, auth: TokenAuth | None = None) -> None:
         self._metrics = metrics
+        self._auth = auth
         self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(
@@ -57,6 +59,8 @@ class RpcInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         async def call(request: Any, context: aio.ServicerContext) -> Any:
             start = time.perf_counter()
             try:
+                if self._auth is not None:
+                    self._auth.check(method, context)
                 response = await behavior(request, context)
             except Exception as exc:
                 await self._fail(method, start, exc, context)
@@ -69,6 +73,8 @@ class RpcInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
             start = time.perf_counter()
             try:
+                if self._auth is not None:
+                    self._auth.check(method, context)
                 async for response in behavior(request, context):
                     yield response
             except Exception as exc:

@@ -1,0 +1,88 @@
+"""Engines and schema migrations for SQLite (single host) and PostgreSQL (replicas)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Any fixed 64-bit number: the key of the PostgreSQL advisory lock serialising migrations.
+MIGRATION_LOCK_KEY = 0x0672_7365_7276_6501
+# Execution option: a transaction that only reads starts with a plain BEGIN on SQLite.
+READ_ONLY = "ortserve_read_only"
+
+
+def make_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
+    """An engine for the registry database; extra `kwargs` go to `sqlalchemy.create_engine`."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, **kwargs)
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_recycle", 1800)
+    return sa.create_engine(parsed, **kwargs)
+
+
+def _sqlite_engine(url: sa.URL, **kwargs: Any) -> sa.Engine:
+    """SQLAlchemy's recipe: pysqlite emits no BEGIN itself; we emit BEGIN IMMEDIATE for writers.
+
+    A deferred BEGIN that later writes fails at once with "database is locked" under contention
+    (the lock upgrade does not wait for the busy timeout); BEGIN IMMEDIATE waits for it instead.
+    """
+    connect_args = dict(kwargs.pop("connect_args", {}))
+    connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
+    engine = sa.create_engine(url, connect_args=connect_args, **kwargs)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if url.database not in (None, "", ":memory:"):
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def alembic_config(url: str = "") -> Config:
+    """Alembic's configuration built in code; the scripts ship inside the package."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if url:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    """Apply the migrations up to `revision` in one transaction; a no-op when already there.
+
+    On PostgreSQL an advisory lock held for the transaction serialises replicas starting together.
+    """
+    config = alembic_config()
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    """The migration the database is at, None before the first."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

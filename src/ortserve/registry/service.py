@@ -1,0 +1,307 @@
+"""The registry service: registrations, reads and state changes, each one database transaction.
+
+Synchronous on purpose: the gRPC layer calls these methods through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ortserve.errors import Aborted, InvalidInput, NotFound, ResourceExhausted, Unavailable
+from ortserve.registry import repository as repo
+from ortserve.registry.db import READ_ONLY
+from ortserve.registry.orm import ModelVersion, utcnow
+from ortserve.registry.paging import DEFAULT_PAGE_SIZE, decode_token, encode_token, page_size_of
+from ortserve.registry.records import (
+    AuditEventRecord,
+    BatchingSettings,
+    Manifest,
+    ModelRecord,
+    ModelVersionRecord,
+    ProviderSpec,
+    SessionSettings,
+    VersionState,
+)
+from ortserve.registry.store import ModelStore, Upload, hash_file
+from ortserve.runtime.validation import ModelInfo, ValidationLimits, validate_model
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+MAX_CHUNK_BYTES = 1 << 20
+STORED_STATES = (VersionState.REGISTERED, VersionState.FAILED, VersionState.RETIRED)
+
+Validator = Callable[[Path, ValidationLimits], ModelInfo]
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise InvalidInput(
+            f"model name {name!r} is not valid: use 1 to 128 characters from a-z, 0-9, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+
+
+class Registry:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        store: ModelStore,
+        *,
+        max_model_bytes: int,
+        validate: Validator = validate_model,
+        validation_limits: ValidationLimits | None = None,
+    ):
+        self.engine = engine
+        self.store = store
+        self.max_model_bytes = max_model_bytes
+        self._reader = engine.execution_options(**{READ_ONLY: True})
+        self._validate = validate
+        self._limits = validation_limits or ValidationLimits(max_model_bytes=max_model_bytes)
+
+    # -- registration -------------------------------------------------------------------------
+
+    def begin_upload(self, manifest: Manifest) -> Upload:
+        """Check the manifest and open a temp file for its bytes (chunks of at most 1 MiB)."""
+        self._check_manifest(manifest)
+        return self.store.open_upload(expected_size=manifest.size_bytes, max_chunk_bytes=MAX_CHUNK_BYTES)
+
+    def finish_upload(self, upload: Upload, manifest: Manifest) -> ModelVersionRecord:
+        """Verify and validate the bytes, store them, then record the version in one transaction."""
+        try:
+            self._check_manifest(manifest)
+            self._check_received(upload, manifest)
+            upload.seal()
+            info = self._validate(upload.path, self._limits)
+            self.store.commit(upload)
+        except BaseException:
+            upload.abort()
+            raise
+        return self._record_version(manifest, info)
+
+    def register_file(
+        self,
+        path: Path,
+        name: str,
+        *,
+        description: str = "",
+        labels: Mapping[str, str] | None = None,
+        providers: Sequence[ProviderSpec] = (),
+        batching: BatchingSettings | None = None,
+        session: SessionSettings | None = None,
+        created_by: str = "",
+    ) -> ModelVersionRecord:
+        """Register the model file at `path` as the next version of `name`."""
+        size, sha256 = hash_file(path)
+        manifest = Manifest(
+            name=name,
+            size_bytes=size,
+            sha256=sha256,
+            description=description,
+            labels=MappingProxyType(dict(labels or {})),
+            providers=tuple(providers),
+            batching=batching or BatchingSettings(),
+            session=session or SessionSettings(),
+            created_by=created_by,
+        )
+        upload = self.begin_upload(manifest)
+        try:
+            with path.open("rb") as file:
+                while chunk := file.read(MAX_CHUNK_BYTES):
+                    upload.write(chunk)
+        except BaseException:
+            upload.abort()
+            raise
+        return self.finish_upload(upload, manifest)
+
+    def _check_manifest(self, manifest: Manifest) -> None:
+        check_name(manifest.name)
+        if manifest.size_bytes <= 0:
+            raise InvalidInput(f"manifest size_bytes must be > 0, got {manifest.size_bytes}")
+        if manifest.size_bytes > self.max_model_bytes:
+            raise ResourceExhausted(
+                f"model of {manifest.size_bytes} bytes exceeds the limit of {self.max_model_bytes} bytes"
+            )
+        if not SHA256_RE.match(manifest.sha256):
+            raise InvalidInput(f"manifest sha256 must be 64 hex characters, got {manifest.sha256!r}")
+
+    @staticmethod
+    def _check_received(upload: Upload, manifest: Manifest) -> None:
+        if upload.size != manifest.size_bytes:
+            raise InvalidInput(
+                f"received {upload.size} bytes but the manifest declared {manifest.size_bytes}"
+            )
+        if upload.sha256 != manifest.sha256.lower():
+            raise InvalidInput(
+                f"sha256 mismatch: manifest says {manifest.sha256.lower()}, "
+                f"received bytes hash to {upload.sha256}"
+            )
+
+    def _record_version(self, manifest: Manifest, info: ModelInfo) -> ModelVersionRecord:
+        with self._session(write=True) as session:
+            model_id = repo.ensure_model(session, manifest.name, manifest.description)
+            number = repo.allocate_version(session, model_id)
+            row = repo.insert_version(session, _version_row(model_id, number, manifest, info))
+            record = repo.version_record(row, manifest.name, self._path_for)
+            after = _audit_view(record)
+            repo.add_audit(
+                session,
+                actor=manifest.created_by,
+                action="register",
+                model=manifest.name,
+                version=number,
+                before=None,
+                after=after,
+            )
+            repo.bump_revision(session)
+        return record
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def set_state(
+        self, name: str, version: int, state: VersionState, error: str = "", *, actor: str = ""
+    ) -> ModelVersionRecord:
+        """Store REGISTERED, FAILED or RETIRED (with `error` for FAILED) on a version."""
+        if state not in STORED_STATES:
+            stored = ", ".join(s.value for s in STORED_STATES)
+            raise InvalidInput(
+                f"state {state.value!r} is not stored in the registry; expected one of {stored}"
+            )
+        with self._session(write=True) as session:
+            row = self._version_row(session, name, version)
+            before = {"state": row.state, "error": row.error}
+            row.state, row.error = state.value, error
+            session.flush()
+            repo.add_audit(
+                session,
+                actor=actor,
+                action="set_state",
+                model=name,
+                version=version,
+                before=before,
+                after={"state": row.state, "error": row.error},
+            )
+            repo.bump_revision(session)
+            return repo.version_record(row, name, self._path_for)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def get_model(self, name: str) -> ModelRecord:
+        with self._session() as session:
+            found = repo.model(session, name, self._path_for)
+        if found is None:
+            raise NotFound(f"model {name!r} is not registered")
+        return found
+
+    def list_models(
+        self, page_size: int = DEFAULT_PAGE_SIZE, page_token: str = ""
+    ) -> tuple[list[ModelRecord], str]:
+        """One page of models by name and the token of the next page ("" after the last)."""
+        size = page_size_of(page_size)
+        after = decode_token(page_token)
+        with self._session() as session:
+            found = repo.models(session, self._path_for, after=after, limit=size + 1)
+        page = found[:size]
+        return page, (encode_token(page[-1].name) if len(found) > size else "")
+
+    def list_versions(self, name: str) -> list[ModelVersionRecord]:
+        return list(self.get_model(name).versions)
+
+    def get_version(self, name: str, version: int) -> ModelVersionRecord:
+        with self._session() as session:
+            row = self._version_row(session, name, version)
+            return repo.version_record(row, name, self._path_for)
+
+    def latest_version(self, name: str) -> ModelVersionRecord:
+        """The highest-numbered version that is not retired."""
+        live = [v for v in self.list_versions(name) if v.state is not VersionState.RETIRED]
+        if not live:
+            raise NotFound(f"model {name!r} has no version that is not retired")
+        return live[-1]
+
+    def all_versions(self) -> list[ModelVersionRecord]:
+        """Every version that is not retired, by model name and number (the server's snapshot)."""
+        with self._session() as session:
+            return repo.versions(session, self._path_for, live_only=True)
+
+    def revision(self) -> int:
+        with self._session() as session:
+            return repo.revision(session)
+
+    def audit_events(self, model: str | None = None, limit: int = 100) -> list[AuditEventRecord]:
+        with self._session() as session:
+            return repo.audit_events(session, model, limit)
+
+    def collect_garbage(self, *, blob_grace_s: float = 3600.0) -> list[Path]:
+        """Remove store blobs no version refers to (older than `blob_grace_s`) and stale temp files."""
+        with self._session() as session:
+            referenced = repo.referenced_sha256(session)
+        return self.store.collect_garbage(referenced, blob_grace_s=blob_grace_s)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _path_for(self, sha256: str) -> str:
+        return str(self.store.path_for(sha256))
+
+    def _version_row(self, session: Session, name: str, version: int) -> ModelVersion:
+        model_id = repo.model_id(session, name)
+        if model_id is None:
+            raise NotFound(f"model {name!r} is not registered")
+        row = repo.version_row(session, model_id, version)
+        if row is None:
+            numbers = ", ".join(str(n) for n in repo.version_numbers(session, model_id)) or "none"
+            raise NotFound(f"model {name!r} has no version {version}; versions: {numbers}")
+        return row
+
+    @contextmanager
+    def _session(self, *, write: bool = False) -> Iterator[Session]:
+        """A session in one transaction, committed on success; database errors become domain errors."""
+        bind = self.engine if write else self._reader
+        try:
+            with Session(bind, expire_on_commit=False) as session, session.begin():
+                yield session
+        except sa.exc.IntegrityError as exc:
+            raise Aborted(
+                f"a concurrent registry change conflicted with this one; retry ({exc.orig})"
+            ) from exc
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise Unavailable(f"the registry database is unavailable: {exc.orig}") from exc
+
+
+def _version_row(model_id: int, number: int, manifest: Manifest, info: ModelInfo) -> ModelVersion:
+    return ModelVersion(
+        model_id=model_id,
+        version=number,
+        sha256=manifest.sha256.lower(),
+        size_bytes=manifest.size_bytes,
+        opset=info.opset,
+        producer=info.producer,
+        signature=info.signature.to_json(),
+        providers=[p.to_json() for p in manifest.providers],
+        batching=manifest.batching.to_json(),
+        session=manifest.session.to_json(),
+        state=VersionState.REGISTERED.value,
+        error="",
+        description=manifest.description,
+        labels=dict(manifest.labels),
+        created_by=manifest.created_by,
+        created_at=utcnow(),
+    )
+
+
+def _audit_view(record: ModelVersionRecord) -> dict[str, Any]:
+    return {
+        "version": record.version,
+        "sha256": record.sha256,
+        "size_bytes": record.size_bytes,
+        "state": record.state.value,
+        "description": record.description,
+        "labels": dict(record.labels),
+    }
