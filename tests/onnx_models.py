@@ -141,7 +141,10 @@ def big_initializer(path: Path | None = None, megabytes: int = 128) -> bytes:
 
 
 def gather(path: Path | None = None, width: int = 4, picks: int | str = 1) -> bytes:
-    """out[N, picks] = GatherElements(data[N, width], idx[N, picks], axis=1); a bad index fails at run time."""
+    """out[N, picks] = GatherElements(data[N, width], idx[N, picks], axis=1).
+
+    An index out of range fails at run time.
+    """
     graph = helper.make_graph(
         [helper.make_node("GatherElements", ["data", "idx"], ["out"], axis=1)],
         "gather",

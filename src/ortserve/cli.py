@@ -26,15 +26,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OrtserveError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except _rpc_error() as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        import grpc
 
-
-def _rpc_error() -> type[Exception]:
-    import grpc
-
-    return grpc.RpcError  # type: ignore[no-any-return]
+        if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call):
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        raise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_predict(sub)
     _add_config(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -67,7 +66,9 @@ def _add_serve(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the server")
     _server_flags(p)
     p.add_argument("--port-file", help="write the bound port here once serving (useful with --port 0)")
-    p.add_argument("--examples", action="store_true", help="register the example models when the registry is empty")
+    p.add_argument(
+        "--examples", action="store_true", help="register the example models when the registry is empty"
+    )
     p.set_defaults(run=_serve)
 
 
@@ -96,7 +97,9 @@ def _register_examples(config: Any) -> None:
     registry = Registry(engine, ModelStore(config.store_dir), max_model_bytes=config.max_model_bytes)
     if not registry.list_models(1, "")[0]:
         for name, path in write_examples(Path(config.data_dir) / "examples").items():
-            record = registry.register_file(path, name, description=f"example model {name}", created_by="examples")
+            record = registry.register_file(
+                path, name, description=f"example model {name}", created_by="examples"
+            )
             print(f"registered example model {name!r} version {record.version}", file=sys.stderr)
     engine.dispose()
     print(_EXAMPLES_HINT.format(server=f"{config.host}:{config.port}"), file=sys.stderr)
@@ -138,7 +141,9 @@ def _add_models(sub: Any) -> None:
     reg.add_argument("--name", required=True)
     reg.add_argument("--description", default="")
     reg.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-    reg.add_argument("--provider", action="append", default=[], help="execution provider, in order of preference")
+    reg.add_argument(
+        "--provider", action="append", default=[], help="execution provider, in order of preference"
+    )
     reg.add_argument("--max-batch-size", type=int)
     reg.add_argument("--no-load", action="store_true", help="store only; do not load on the server")
     reg.set_defaults(run=_models_register)
@@ -163,14 +168,23 @@ def _models_register(args: argparse.Namespace) -> int:
 
     labels = dict(_pair(item, "--label") for item in args.label)
     total = args.path.stat().st_size
-    with _client(args) as client, tqdm(total=total, unit="B", unit_scale=True, desc=args.name, disable=None) as bar:
+    with (
+        _client(args) as client,
+        tqdm(total=total, unit="B", unit_scale=True, desc=args.name, disable=None) as bar,
+    ):
 
         def progress(sent: int, _total: int) -> None:
             bar.update(sent - bar.n)
 
         info = client.register(
-            args.path, args.name, description=args.description, labels=labels, providers=args.provider,
-            max_batch_size=args.max_batch_size, load=not args.no_load, progress=progress,
+            args.path,
+            args.name,
+            description=args.description,
+            labels=labels,
+            providers=args.provider,
+            max_batch_size=args.max_batch_size,
+            load=not args.no_load,
+            progress=progress,
         )
     _emit(args, _version_dict(info), f"registered {info.model} version {info.version} ({info.state})")
     return 0
@@ -197,8 +211,14 @@ def _models_show(args: argparse.Namespace) -> int:
 
 def _version_dict(v: Any) -> dict[str, Any]:
     return {
-        "version": v.version, "state": v.state, "error": v.error, "sha256": v.sha256, "size_bytes": v.size_bytes,
-        "inputs": v.inputs, "outputs": v.outputs, "providers": v.providers,
+        "version": v.version,
+        "state": v.state,
+        "error": v.error,
+        "sha256": v.sha256,
+        "size_bytes": v.size_bytes,
+        "inputs": v.inputs,
+        "outputs": v.outputs,
+        "providers": v.providers,
     }
 
 
@@ -214,7 +234,10 @@ def _add_predict(sub: Any) -> None:
     p = sub.add_parser("predict", help="run a model once")
     p.add_argument("model")
     p.add_argument(
-        "--input", action="append", required=True, metavar="NAME=FILE.npy|JSON",
+        "--input",
+        action="append",
+        required=True,
+        metavar="NAME=FILE.npy|JSON",
         help="an input from a .npy file or inline JSON (cast to the model's input type)",
     )
     p.add_argument("--version", default="")
@@ -233,10 +256,15 @@ def _predict(args: argparse.Namespace) -> int:
             feeds[name] = _read_input(value, types.get(name, "FP32"))
         result = client.predict(args.model, feeds, args.version or None, timeout=args.timeout)
     out = {
-        "model": result.model, "version": result.version,
+        "model": result.model,
+        "version": result.version,
         "outputs": {k: _jsonable(v) for k, v in result.outputs.items()},
-        "timing": {"queue_us": result.queue_us, "compute_us": result.compute_us, "batch_size": result.batch_size,
-                   "provider": result.provider},
+        "timing": {
+            "queue_us": result.queue_us,
+            "compute_us": result.compute_us,
+            "batch_size": result.batch_size,
+            "provider": result.provider,
+        },
     }
     print(json.dumps(out))
     return 0
@@ -244,7 +272,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _read_input(value: str, dtype_name: str) -> np.ndarray:
     if value.endswith(".npy"):
-        return np.load(value, allow_pickle=False)
+        loaded: np.ndarray = np.load(value, allow_pickle=False)
+        return loaded
     try:
         data = json.loads(value)
     except json.JSONDecodeError:
@@ -280,3 +309,17 @@ def _config_show(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides=_overrides(args))
     print(json.dumps({**config.as_dict(), "db_url": config.db_url}, indent=2))
     return 0
+
+
+def _add_bench(sub: Any) -> None:
+    from ortserve.bench.args import add_arguments
+
+    p = sub.add_parser("bench", help="load generator: throughput and latency percentiles of a server")
+    add_arguments(p)
+    p.set_defaults(run=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ortserve.bench.loadgen import main as bench_main
+
+    return bench_main(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def _serialize(graph: GraphProto) -> bytes:
     return model.SerializeToString()
 
 
-EXAMPLES = {"linear": linear_model, "add": add_model}
+EXAMPLES: dict[str, Callable[[], bytes]] = {"linear": linear_model, "add": add_model}
 
 
 def write_examples(directory: Path) -> dict[str, Path]:

@@ -65,11 +65,21 @@ def _decode_bytes(raw: bytes, count: int, what: str, text: bool) -> np.ndarray:
     return out
 
 
+def text_array(items: Sequence[bytes], what: str) -> np.ndarray:
+    """A 1-D object array of the UTF-8 decoded `items` (for typed BYTES contents)."""
+    out = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        out[i] = _text(memoryview(item), i, what)
+    return out
+
+
 def _text(data: memoryview, index: int, what: str) -> str:
     try:
         return str(data, "utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{what}: BYTES element {index} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise InvalidInput(
+            f"{what}: BYTES element {index} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
 
 
 def encode(array: np.ndarray) -> bytes:

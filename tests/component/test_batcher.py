@@ -32,7 +32,9 @@ class GatedSession:
         self.options: list[ort.RunOptions] = []
         self.order: list[float] = []
 
-    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None, options: Any) -> list[np.ndarray]:
+    def run(
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None, options: Any
+    ) -> list[np.ndarray]:
         self.options.append(options)
         self.gate.wait(10)
         first = next(iter(feeds.values()))
@@ -78,8 +80,14 @@ def make(session: Any, executor: Any, **overrides: Any) -> tuple[Batcher, Record
     }
     settings.update(overrides)
     recorder = Recorder()
-    batcher = Batcher(session, executor, VersionStats(), BatcherConfig(**settings), name="model 'm' version 1",
-                      observer=recorder)
+    batcher = Batcher(
+        session,
+        executor,
+        VersionStats(),
+        BatcherConfig(**settings),
+        name="model 'm' version 1",
+        observer=recorder,
+    )
     batcher.start()
     return batcher, recorder
 
@@ -177,7 +185,9 @@ async def test_queue_full_is_rejected_naming_the_model_and_limit(executor: Any) 
     await settle()
     tasks += [asyncio.create_task(batcher.submit(linear_feeds(1), ["y"], 1, None)) for _ in range(2)]
     await settle()
-    with pytest.raises(ResourceExhausted, match=r"model 'm' version 1: queue is full \(2 requests, its max_queue_size\)"):
+    with pytest.raises(
+        ResourceExhausted, match=r"model 'm' version 1: queue is full \(2 requests, its max_queue_size\)"
+    ):
         await batcher.submit(linear_feeds(1), ["y"], 1, None)
     session.gate.set()
     await asyncio.gather(*tasks)
@@ -204,13 +214,19 @@ async def test_a_failing_batch_fails_only_its_own_callers(executor: Any) -> None
     session = GatedSession(onnx_models.gather(picks="P"))
     batcher, _ = make(session, executor)
     data = np.arange(8, dtype=np.float32).reshape(2, 4)
-    blocker = asyncio.create_task(batcher.submit({"data": data, "idx": np.zeros((2, 1), np.int64)}, ["out"], 2, None))
+    blocker = asyncio.create_task(
+        batcher.submit({"data": data, "idx": np.zeros((2, 1), np.int64)}, ["out"], 2, None)
+    )
     await settle()
     good = [
-        asyncio.create_task(batcher.submit({"data": data, "idx": np.full((2, 1), i, np.int64)}, ["out"], 2, None))
+        asyncio.create_task(
+            batcher.submit({"data": data, "idx": np.full((2, 1), i, np.int64)}, ["out"], 2, None)
+        )
         for i in range(3)
     ]
-    bad = asyncio.create_task(batcher.submit({"data": data, "idx": np.full((2, 2), 99, np.int64)}, ["out"], 2, None))
+    bad = asyncio.create_task(
+        batcher.submit({"data": data, "idx": np.full((2, 2), 99, np.int64)}, ["out"], 2, None)
+    )
     await settle()
     session.gate.set()
     results = await asyncio.gather(*good)
@@ -242,16 +258,20 @@ async def test_deadline_aware_flush_and_early_rejection(executor: Any) -> None:
     for _ in range(3):
         batcher.latency.observe(1, 20_000_000)  # 20 ms per row, learned
     loop = asyncio.get_running_loop()
-    with pytest.raises(DeadlineExceeded, match=r"cannot finish within its deadline: .* ms left, computing 1 row"):
+    with pytest.raises(
+        DeadlineExceeded, match=r"cannot finish within its deadline: .* ms left, computing 1 row"
+    ):
         await batcher.submit(linear_feeds(1), ["y"], 1, loop.time() + 0.005)
-    arrays, _ = await batcher.submit(linear_feeds(1), ["y"], 1, loop.time() + 0.2)
+    await batcher.submit(linear_feeds(1), ["y"], 1, loop.time() + 0.2)
     assert recorder.flushes == ["deadline"]
     await batcher.aclose()
 
 
 async def test_preferred_batch_size_closes_the_batch(executor: Any) -> None:
     session = GatedSession(onnx_models.linear())
-    batcher, recorder = make(session, executor, max_batch_size=16, preferred_batch_sizes=(4,), max_queue_delay_us=5_000_000)
+    batcher, recorder = make(
+        session, executor, max_batch_size=16, preferred_batch_sizes=(4,), max_queue_delay_us=5_000_000
+    )
     tasks = [asyncio.create_task(batcher.submit(linear_feeds(1), ["y"], 1, None)) for _ in range(4)]
     await settle()
     session.gate.set()

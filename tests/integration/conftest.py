@@ -29,10 +29,10 @@ class Running:
 
 
 MODELS = {
-    "linear": lambda p: onnx_models.linear(p),
-    "add": lambda p: onnx_models.add(p),
+    "linear": onnx_models.linear,
+    "add": onnx_models.add,
     "strings": lambda p: onnx_models.identity(p, elem=TensorProto.STRING, shape=("N",)),
-    "fixed": lambda p: onnx_models.fixed_batch(p),
+    "fixed": onnx_models.fixed_batch,
 }
 
 

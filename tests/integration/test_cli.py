@@ -21,7 +21,9 @@ STARTUP_S = 60
 
 
 def ortserve(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "ortserve", *args], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ortserve", *args], capture_output=True, text=True, timeout=120, check=False
+    )
     if check and proc.returncode != 0:
         pytest.fail(f"ortserve {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -31,9 +33,24 @@ def ortserve(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]
 def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     port_file = tmp_path / "port"
     server = subprocess.Popen(
-        [sys.executable, "-m", "ortserve", "serve", "--examples", "--port", "0", "--metrics-port", "0",
-         "--data-dir", str(tmp_path / "data"), "--port-file", str(port_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "ortserve",
+            "serve",
+            "--examples",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + STARTUP_S
     while not port_file.exists():
@@ -56,8 +73,11 @@ def test_examples_register_predict_and_show(served: tuple[str, Path]) -> None:
     listed = ortserve("models", "list", "--server", address).stdout
     assert "add\t1:ready" in listed and "linear\t1:ready" in listed
 
-    out = json.loads(ortserve("predict", "add", "--server", address, "--input", "a=[[1,2,3,4]]",
-                              "--input", "b=[[10,20,30,40]]").stdout)
+    out = json.loads(
+        ortserve(
+            "predict", "add", "--server", address, "--input", "a=[[1,2,3,4]]", "--input", "b=[[10,20,30,40]]"
+        ).stdout
+    )
     assert out["outputs"]["z"] == [[11, 22, 33, 44]] and out["version"] == 1
 
     model = tmp / "mine.onnx"
@@ -80,17 +100,29 @@ def test_client_errors_are_one_line_with_the_status(served: tuple[str, Path]) ->
     proc = ortserve("predict", "nope", "--server", address, "--input", "x=[1]", check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: NOT_FOUND: model 'nope' is not registered"
-    proc = ortserve("predict", "add", "--server", address, "--input", "a=[[1,2,3]]", "--input", "b=[[1,2,3]]",
-                    check=False)
-    assert "INVALID_ARGUMENT: model 'add' input 'a': shape [1, 3] does not match the expected [-1, 4]" in proc.stderr
-    proc = ortserve("models", "register", "/nonexistent.onnx", "--name", "x", "--server", address, check=False)
+    proc = ortserve(
+        "predict", "add", "--server", address, "--input", "a=[[1,2,3]]", "--input", "b=[[1,2,3]]", check=False
+    )
+    assert (
+        "INVALID_ARGUMENT: model 'add' input 'a': shape [1, 3] does not match the expected [-1, 4]"
+        in proc.stderr
+    )
+    proc = ortserve(
+        "models", "register", "/nonexistent.onnx", "--name", "x", "--server", address, check=False
+    )
     assert proc.returncode == 2 and "No such file" in proc.stderr
 
 
 def test_config_show_and_db_upgrade(tmp_path: Path) -> None:
     env_port = {**os.environ, "ORTSERVE_PORT": "9123"}
-    proc = subprocess.run([sys.executable, "-m", "ortserve", "config", "show", "--data-dir", str(tmp_path)],
-                          capture_output=True, text=True, env=env_port, timeout=60, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ortserve", "config", "show", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env_port,
+        timeout=60,
+        check=True,
+    )
     shown = json.loads(proc.stdout)
     assert shown["port"] == 9123 and shown["data_dir"] == str(tmp_path)
     out = ortserve("db", "upgrade", "--data-dir", str(tmp_path)).stdout

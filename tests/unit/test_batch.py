@@ -8,7 +8,10 @@ from ortserve.scheduler.latency import LatencyModel
 def test_stack_and_split_random_sizes_round_trip() -> None:
     rng = np.random.default_rng(1)
     sizes = rng.integers(1, 9, size=12)
-    requests = [{"x": rng.standard_normal((n, 3)).astype(np.float32), "k": np.full((n, 1), i)} for i, n in enumerate(sizes)]
+    requests = [
+        {"x": rng.standard_normal((n, 3)).astype(np.float32), "k": np.full((n, 1), i)}
+        for i, n in enumerate(sizes)
+    ]
     feeds, offsets = stack(requests)
     assert offsets == [0, *np.cumsum(sizes).tolist()]
     assert feeds["x"].shape == (sizes.sum(), 3)

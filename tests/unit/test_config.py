@@ -8,10 +8,16 @@ from ortserve.errors import InvalidInput
 
 def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
     file = tmp_path / "ortserve.toml"
-    file.write_text('[server]\nport = 9001\nmetrics_port = 9002\nlog_level = "debug"\nproviders = ["A", "B"]\n')
+    file.write_text(
+        '[server]\nport = 9001\nmetrics_port = 9002\nlog_level = "debug"\nproviders = ["A", "B"]\n'
+    )
     config = load_config(
         str(file),
-        environ={"ORTSERVE_PORT": "9101", "ORTSERVE_STRICT_PROVIDERS": "true", "ORTSERVE_LOG_LEVEL": "warning"},
+        environ={
+            "ORTSERVE_PORT": "9101",
+            "ORTSERVE_STRICT_PROVIDERS": "true",
+            "ORTSERVE_LOG_LEVEL": "warning",
+        },
         overrides={"port": 9201, "host": None},
     )
     assert config.port == 9201
@@ -23,8 +29,12 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None
 
 
 def test_env_lists_and_default_db_url(tmp_path: Path) -> None:
-    config = load_config(environ={"ORTSERVE_PROVIDERS": "CUDAExecutionProvider, CPUExecutionProvider",
-                                  "ORTSERVE_DATA_DIR": str(tmp_path)})
+    config = load_config(
+        environ={
+            "ORTSERVE_PROVIDERS": "CUDAExecutionProvider, CPUExecutionProvider",
+            "ORTSERVE_DATA_DIR": str(tmp_path),
+        }
+    )
     assert config.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert config.db_url == f"sqlite:///{tmp_path.resolve() / 'registry.db'}"
 
@@ -40,7 +50,9 @@ def test_env_lists_and_default_db_url(tmp_path: Path) -> None:
     ],
 )
 def test_bad_values_name_the_setting(environ: dict[str, str], message: str) -> None:
-    with pytest.raises(InvalidInput, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+    with pytest.raises(
+        InvalidInput, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")
+    ):
         load_config(environ=environ)
 
 

@@ -46,6 +46,7 @@ def check_fallback(plan: ProviderPlan, active: Sequence[str], *, strict: bool) -
     lost = tuple(p.name for p in plan.providers if p.name not in active)
     if strict and lost:
         raise FailedPrecondition(
-            f"execution provider(s) {', '.join(lost)} failed to start; the session runs on {', '.join(active)}"
+            f"execution provider(s) {', '.join(lost)} failed to start; "
+            f"the session runs on {', '.join(active)}"
         )
     return lost

@@ -55,7 +55,10 @@ class OrtSession:
         outputs: Sequence[str] | None = None,
         run_options: ort.RunOptions | None = None,
     ) -> list[np.ndarray]:
-        return self._session.run(list(outputs) if outputs else None, dict(feeds), run_options)
+        results: list[np.ndarray] = self._session.run(
+            list(outputs) if outputs else None, dict(feeds), run_options
+        )
+        return results
 
 
 def session_options(settings: SessionSettings, defaults: SessionDefaults) -> ort.SessionOptions:
@@ -64,7 +67,9 @@ def session_options(settings: SessionSettings, defaults: SessionDefaults) -> ort
     opts.intra_op_num_threads = settings.intra_op_num_threads or defaults.intra_op_threads
     opts.inter_op_num_threads = settings.inter_op_num_threads or 1
     opts.execution_mode = (
-        ort.ExecutionMode.ORT_PARALLEL if settings.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+        ort.ExecutionMode.ORT_PARALLEL
+        if settings.execution_mode == "parallel"
+        else ort.ExecutionMode.ORT_SEQUENTIAL
     )
     opts.enable_mem_pattern = settings.enable_mem_pattern
     opts.enable_cpu_mem_arena = settings.enable_cpu_mem_arena
@@ -85,10 +90,14 @@ def create_session(record: ModelVersionRecord, defaults: SessionDefaults) -> Ort
             record.path, session_options(record.session, defaults), providers=names, provider_options=options
         )
     except Exception as exc:  # ORT raises several unrelated types for a bad model or option
-        raise FailedPrecondition(f"model {record.model!r} version {record.version} failed to load: {exc}") from exc
+        raise FailedPrecondition(
+            f"model {record.model!r} version {record.version} failed to load: {exc}"
+        ) from exc
     # The Python wrapper would otherwise retry failed runs on CPU by mutating the shared session.
     session.disable_fallback()
-    fallback = plan.unavailable + check_fallback(plan, session.get_providers(), strict=defaults.strict_providers)
+    fallback = plan.unavailable + check_fallback(
+        plan, session.get_providers(), strict=defaults.strict_providers
+    )
     if fallback:
         log.warning("provider_fallback", model=record.model, version=record.version, missing=list(fallback))
     return OrtSession(session, fallback)

@@ -82,7 +82,8 @@ def _check_one(spec: TensorSpec, array: np.ndarray, model: str) -> None:
     got = dtypes.of_array(array)
     if got is not spec.dtype:
         raise InvalidInput(
-            f"model {model!r} input {spec.name!r}: datatype {got.name} does not match the expected {spec.dtype.name}"
+            f"model {model!r} input {spec.name!r}: datatype {got.name} "
+            f"does not match the expected {spec.dtype.name}"
         )
     if array.ndim != len(spec.shape):
         raise InvalidInput(
@@ -102,8 +103,10 @@ def _rows(signature: Signature, feeds: Mapping[str, np.ndarray], model: str) -> 
         return 1
     rows = {a.shape[0] for a in feeds.values()}
     if len(rows) != 1:
-        raise InvalidInput(f"model {model!r}: inputs disagree on the batch dimension (axis 0): {sorted(rows)}")
-    return rows.pop()
+        raise InvalidInput(
+            f"model {model!r}: inputs disagree on the batch dimension (axis 0): {sorted(rows)}"
+        )
+    return int(rows.pop())
 
 
 def _names(signature: Signature) -> str:

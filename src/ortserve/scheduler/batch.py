@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -23,7 +24,9 @@ def stack(requests: Sequence[Feeds]) -> tuple[dict[str, np.ndarray], list[int]]:
     return {name: np.concatenate([feeds[name] for feeds in requests], axis=0) for name in first}, offsets
 
 
-def split(outputs: Sequence[np.ndarray], offsets: Sequence[int], names: Sequence[str]) -> list[list[np.ndarray]]:
+def split(
+    outputs: Sequence[np.ndarray], offsets: Sequence[int], names: Sequence[str]
+) -> list[list[np.ndarray]]:
     """Slice every output by `offsets`; per request, a list of views in output order.
 
     Raises ValueError when an output's axis 0 does not equal the batch's total rows.
@@ -32,8 +35,10 @@ def split(outputs: Sequence[np.ndarray], offsets: Sequence[int], names: Sequence
     for name, array in zip(names, outputs, strict=True):
         if array.ndim == 0 or array.shape[0] != total:
             shape = list(array.shape)
-            raise ValueError(f"output {name!r} has shape {shape}, expected {total} rows on axis 0 for this batch")
-    return [[array[start:end] for array in outputs] for start, end in zip(offsets, offsets[1:], strict=False)]
+            raise ValueError(
+                f"output {name!r} has shape {shape}, expected {total} rows on axis 0 for this batch"
+            )
+    return [[array[start:end] for array in outputs] for start, end in pairwise(offsets)]
 
 
 def _rows(feeds: Feeds) -> int:

@@ -251,7 +251,9 @@ class Batcher:
             self._queued -= 1
             waited = (now - item.enqueued_ns) / 1e6
             item.future.set_exception(
-                DeadlineExceeded(f"{self._name}: the request's deadline passed after {waited:.3f} ms in the queue")
+                DeadlineExceeded(
+                    f"{self._name}: the request's deadline passed after {waited:.3f} ms in the queue"
+                )
             )
             return False
         return True
@@ -351,7 +353,9 @@ class Batcher:
         for queue in self._queues.values():
             for item in queue:
                 if item.queued and not item.future.done():
-                    item.future.set_exception(Unavailable(f"{self._name} was unloaded before the request ran"))
+                    item.future.set_exception(
+                        Unavailable(f"{self._name} was unloaded before the request ran")
+                    )
             queue.clear()
         self._queued = 0
         if self._running:

@@ -6,7 +6,6 @@ import time
 from asyncio import CancelledError
 from collections.abc import Callable, Sequence
 
-
 from ortserve.errors import DeadlineExceeded, InvalidInput
 from ortserve.runtime.signature import Signature, check_feeds
 from ortserve.scheduler.calls import PredictCall, PredictResult
@@ -19,7 +18,9 @@ class InferenceCore:
     `classify` names the status code of a failure for metrics (the server's error table).
     """
 
-    def __init__(self, pool: ModelPool, classify: Callable[[BaseException], str] = lambda exc: "ERROR") -> None:
+    def __init__(
+        self, pool: ModelPool, classify: Callable[[BaseException], str] = lambda exc: "ERROR"
+    ) -> None:
         self.pool = pool
         self._classify = classify
 
@@ -39,7 +40,9 @@ class InferenceCore:
         except BaseException as exc:
             elapsed = time.perf_counter_ns() - start
             slot.stats.record_request(False, elapsed, 0)
-            observer.finished(elapsed / 1e9, 0, "CANCELLED" if isinstance(exc, CancelledError) else self._classify(exc))
+            observer.finished(
+                elapsed / 1e9, 0, "CANCELLED" if isinstance(exc, CancelledError) else self._classify(exc)
+            )
             raise
         finally:
             slot.leave()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -151,7 +150,9 @@ class ModelPool:
         )
         slot.batcher.start()
         slot.state = VersionState.READY
-        log.info("model_ready", model=slot.record.model, version=slot.record.version, providers=session.providers)
+        log.info(
+            "model_ready", model=slot.record.model, version=slot.record.version, providers=session.providers
+        )
 
     async def unload(self, model: str, version: int) -> None:
         """Stop routing to the version, let its in-flight requests finish, then drop the session."""
@@ -213,5 +214,3 @@ def _not_ready(slot: VersionSlot) -> str:
     model, version = slot.key
     reason = f": {slot.error}" if slot.error else ""
     return f"model {model!r} version {version} is {slot.state.value}, not ready on this server{reason}"
-
-

@@ -61,9 +61,7 @@ async def serve(config: ServerConfig, port_file: str | None = None) -> None:
     server = OrtServer(config)
     await server.start()
     if port_file:
-        tmp = Path(port_file + ".tmp")
-        tmp.write_text(str(server.port))
-        tmp.replace(port_file)
+        await asyncio.to_thread(_write_port, port_file, server.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -71,3 +69,9 @@ async def serve(config: ServerConfig, port_file: str | None = None) -> None:
     await stop.wait()
     log.info("shutdown_requested")
     await server.stop()
+
+
+def _write_port(port_file: str, port: int) -> None:
+    tmp = Path(port_file + ".tmp")
+    tmp.write_text(str(port))
+    tmp.replace(port_file)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 
-from grpc import aio
-
 from ortserve.errors import PermissionDenied, Unauthenticated
+from ortserve.server.rpc import Context
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 ADMIN_METHODS = frozenset(
@@ -34,7 +33,7 @@ class TokenAuth:
         self._infer = [t.encode() for t in infer_tokens]
         self._admin = [t.encode() for t in admin_tokens]
 
-    def check(self, method: str, context: aio.ServicerContext) -> None:
+    def check(self, method: str, context: Context) -> None:
         if method.startswith(EXEMPT_PREFIXES):
             return
         token = _bearer(context)
@@ -45,10 +44,12 @@ class TokenAuth:
         if not _matches(token, self._infer):
             raise Unauthenticated("the bearer token is not valid")
         if method in ADMIN_METHODS:
-            raise PermissionDenied(f"{method} needs a token with the admin scope; this token has the infer scope")
+            raise PermissionDenied(
+                f"{method} needs a token with the admin scope; this token has the infer scope"
+            )
 
 
-def _bearer(context: aio.ServicerContext) -> bytes | None:
+def _bearer(context: Context) -> bytes | None:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
             text = value.decode() if isinstance(value, bytes) else value

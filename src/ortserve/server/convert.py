@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -25,7 +23,9 @@ from ortserve.registry.records import (
 from ortserve.runtime.signature import Signature, TensorSpec
 from ortserve.scheduler.calls import PredictCall, PredictResult
 
-_ENUM_BY_DTYPE = {d: tpb.DataType.Value("DATA_TYPE_" + ("STRING" if d is dtypes.BYTES else d.name)) for d in dtypes.ALL}
+_ENUM_BY_DTYPE = {
+    d: tpb.DataType.Value("DATA_TYPE_" + ("STRING" if d is dtypes.BYTES else d.name)) for d in dtypes.ALL
+}
 _DTYPE_BY_ENUM = {v: k for k, v in _ENUM_BY_DTYPE.items()}
 
 
@@ -96,7 +96,10 @@ def signature_to_pb(signature: Signature) -> mpb.Signature:
 
 
 def version_to_pb(
-    record: ModelVersionRecord, state: VersionState | None = None, error: str = "", active: tuple[str, ...] = ()
+    record: ModelVersionRecord,
+    state: VersionState | None = None,
+    error: str = "",
+    active: tuple[str, ...] = (),
 ) -> mpb.ModelVersion:
     created = Timestamp()
     created.FromDatetime(record.created_at)
@@ -177,5 +180,3 @@ def manifest_from_pb(m: rpb.RegisterManifest, created_by: str) -> Manifest:
         session=session,
         created_by=created_by,
     )
-
-

@@ -6,9 +6,9 @@ Tests build the same graph through `build_server`.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc import aio
@@ -111,7 +111,9 @@ def _add_health_and_reflection(server: aio.Server, health: Health, config: Serve
     if config.reflection:
         from grpc_reflection.v1alpha import reflection
 
-        reflection.enable_server_reflection((*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
+        )
 
 
 __all__ = ["Components", "build_server"]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from grpc import aio
-
 from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.scheduler.inference import InferenceCore
 from ortserve.server import convert
 from ortserve.server.errors import status_of
+from ortserve.server.rpc import Context
 from ortserve.server.streams import ordered_answers
 
 
@@ -19,12 +18,12 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
     def __init__(self, core: InferenceCore) -> None:
         self._core = core
 
-    async def Predict(self, request: ipb.PredictRequest, context: aio.ServicerContext) -> ipb.PredictResponse:
+    async def Predict(self, request: ipb.PredictRequest, context: Context) -> ipb.PredictResponse:
         result = await self._core.predict(convert.predict_call(request, context.time_remaining()))
         return convert.predict_response(result)
 
     async def PredictStream(
-        self, request_iterator: AsyncIterator[ipb.PredictStreamRequest], context: aio.ServicerContext
+        self, request_iterator: AsyncIterator[ipb.PredictStreamRequest], context: Context
     ) -> AsyncIterator[ipb.PredictStreamResponse]:
         async for response in ordered_answers(request_iterator, self._answer):
             yield response
@@ -36,11 +35,13 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
             raise
         except Exception as exc:
             code, text = status_of(exc)
-            return ipb.PredictStreamResponse(id=message.id, error=ipb.StreamError(code=code.value[0], message=text))
+            return ipb.PredictStreamResponse(
+                id=message.id, error=ipb.StreamError(code=code.value[0], message=text)
+            )
         return ipb.PredictStreamResponse(id=message.id, response=convert.predict_response(result))
 
     async def GetModelSignature(
-        self, request: ipb.GetModelSignatureRequest, context: aio.ServicerContext
+        self, request: ipb.GetModelSignatureRequest, context: Context
     ) -> ipb.GetModelSignatureResponse:
         slot = self._core.pool.resolve(request.model, request.version)
         return ipb.GetModelSignatureResponse(

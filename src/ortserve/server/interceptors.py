@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
@@ -13,12 +14,12 @@ from grpc import aio
 from ortserve.server.auth import TokenAuth
 from ortserve.server.errors import status_of
 from ortserve.server.metrics import Metrics
+from ortserve.server.rpc import Context, Handler
 
 log = structlog.get_logger("ortserve.rpc")
-Handler = grpc.RpcMethodHandler
 
 
-class RpcInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+class RpcInterceptor(aio.ServerInterceptor):
     """Wraps each method's handler once (cached by method name), for all four arities."""
 
     def __init__(self, metrics: Metrics, auth: TokenAuth | None = None) -> None:
@@ -28,10 +29,10 @@ class RpcInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        method = details.method
+    ) -> Handler | None:
+        method: str = details.method
         cached = self._wrapped.get(method)
         if cached is not None:
             return cached
@@ -52,11 +53,22 @@ class RpcInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(self._unary(method, handler.stream_unary), **kwargs)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(self._streaming(method, handler.unary_stream), **kwargs)
-        return grpc.stream_stream_rpc_method_handler(self._streaming(method, handler.stream_stream), **kwargs)
+            return grpc.unary_stream_rpc_method_handler(
+                self._responses(method, handler.unary_stream), **kwargs
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._responses(method, handler.stream_stream),  # type: ignore[arg-type]
+            **kwargs,
+        )
+
+    def _responses(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        """Streamed responses come from an async generator, or from a coroutine calling context.write."""
+        if inspect.isasyncgenfunction(behavior):
+            return self._streaming(method, behavior)
+        return self._unary(method, behavior)
 
     def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def call(request: Any, context: aio.ServicerContext) -> Any:
+        async def call(request: Any, context: Context) -> Any:
             start = time.perf_counter()
             try:
                 if self._auth is not None:
@@ -69,8 +81,8 @@ class RpcInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
         return call
 
-    def _streaming(self, method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-        async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+    def _streaming(self, method: str, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+        async def call(request: Any, context: Context) -> AsyncIterator[Any]:
             start = time.perf_counter()
             try:
                 if self._auth is not None:
@@ -83,7 +95,7 @@ class RpcInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
         return call
 
-    async def _fail(self, method: str, start: float, exc: Exception, context: aio.ServicerContext) -> NoReturn:
+    async def _fail(self, method: str, start: float, exc: Exception, context: Context) -> NoReturn:
         if isinstance(exc, aio.AbortError):
             raise exc
         code, message = status_of(exc)
@@ -99,7 +111,9 @@ class RpcInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         if code is grpc.StatusCode.OK:
             log.info("rpc", method=method, code=code.name, duration_ms=round(elapsed * 1000, 3))
         else:
-            log.warning("rpc", method=method, code=code.name, duration_ms=round(elapsed * 1000, 3), error=message)
+            log.warning(
+                "rpc", method=method, code=code.name, duration_ms=round(elapsed * 1000, 3), error=message
+            )
 
 
 __all__ = ["RpcInterceptor"]

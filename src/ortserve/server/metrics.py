@@ -20,21 +20,36 @@ class Metrics:
             "ortserve_rpc_duration_seconds", "RPC handling time", ["method"], buckets=_SECONDS, registry=r
         )
         self.request_seconds = Histogram(
-            "ortserve_request_duration_seconds", "Inference request time in the core", _VERSION, buckets=_SECONDS,
+            "ortserve_request_duration_seconds",
+            "Inference request time in the core",
+            _VERSION,
+            buckets=_SECONDS,
             registry=r,
         )
         self.queue_seconds = Histogram(
-            "ortserve_queue_duration_seconds", "Time requests wait for a batch", _VERSION, buckets=_SECONDS, registry=r
+            "ortserve_queue_duration_seconds",
+            "Time requests wait for a batch",
+            _VERSION,
+            buckets=_SECONDS,
+            registry=r,
         )
         self.compute_seconds = Histogram(
-            "ortserve_compute_duration_seconds", "Batch compute time (stack, run, split)", _VERSION,
-            buckets=_SECONDS, registry=r,
+            "ortserve_compute_duration_seconds",
+            "Batch compute time (stack, run, split)",
+            _VERSION,
+            buckets=_SECONDS,
+            registry=r,
         )
-        self.batch_rows = Histogram("ortserve_batch_size", "Rows per executed batch", _VERSION, buckets=_ROWS, registry=r)
+        self.batch_rows = Histogram(
+            "ortserve_batch_size", "Rows per executed batch", _VERSION, buckets=_ROWS, registry=r
+        )
         self.queue_depth = Gauge("ortserve_queue_depth", "Requests waiting for a batch", _VERSION, registry=r)
         self.inflight = Gauge("ortserve_inflight_requests", "Requests in the core", _VERSION, registry=r)
         self.errors = Counter(
-            "ortserve_request_errors_total", "Failed inference requests by status code", [*_VERSION, "code"], registry=r
+            "ortserve_request_errors_total",
+            "Failed inference requests by status code",
+            [*_VERSION, "code"],
+            registry=r,
         )
         self.flushes = Counter(
             "ortserve_batch_flush_total", "Batches closed, by reason", [*_VERSION, "reason"], registry=r

@@ -158,8 +158,7 @@ def array_from_raw(raw: bytes, dtype: DType, shape: tuple[int, ...], model: str,
         except ValueError:  # a negative dimension; tensors.decode says so
             pass
     what = _what(model, name)
-    array = tensors.decode(raw, dtype, shape, what)
-    return as_text(array, what) if dtype is BYTES else array
+    return tensors.decode(raw, dtype, shape, what, text=True)
 
 
 def array_from_contents(
@@ -180,24 +179,8 @@ def array_from_contents(
             f"{what}: contents.{field} has {len(values)} values but shape {list(shape)} needs {count}"
         )
     if dtype is BYTES:
-        array = np.empty(count, dtype=object)
-        array[:] = list(values)
-        return as_text(array, what).reshape(shape)
+        return tensors.text_array(values, what).reshape(shape)
     return _narrow(np.fromiter(values, dtype=wide, count=count), dtype, field, what).reshape(shape)
-
-
-def as_text(array: np.ndarray, what: str) -> np.ndarray:
-    """BYTES elements as str: ONNX Runtime string tensors hold UTF-8 text and would feed `str(b"..")`."""
-    out = np.empty(array.shape, dtype=object)
-    flat, items = out.reshape(-1), array.reshape(-1)
-    for i, item in enumerate(items):
-        try:
-            flat[i] = item.decode("utf-8") if isinstance(item, bytes) else item
-        except UnicodeDecodeError:
-            raise InvalidInput(
-                f"{what}: BYTES element {i} is not valid UTF-8; ONNX Runtime string tensors hold text"
-            ) from None
-    return out
 
 
 def _narrow(array: np.ndarray, dtype: DType, field: str, what: str) -> np.ndarray:
@@ -440,7 +423,6 @@ def uploaded_model(model: str, params: Mapping[str, pb.ModelRepositoryParameter]
 __all__ = [
     "array_from_contents",
     "array_from_raw",
-    "as_text",
     "index_entry",
     "infer_response",
     "model_config",

@@ -11,8 +11,6 @@ import hashlib
 import importlib.metadata
 from collections.abc import AsyncIterator
 
-from grpc import aio
-
 from ortserve.api.inference import grpc_service_pb2 as pb
 from ortserve.api.inference import grpc_service_pb2_grpc as pb_grpc
 from ortserve.control import ControlPlane
@@ -22,6 +20,7 @@ from ortserve.scheduler.inference import InferenceCore
 from ortserve.scheduler.pool import VersionSlot
 from ortserve.server import oip_convert as convert
 from ortserve.server.errors import status_of
+from ortserve.server.rpc import Context
 from ortserve.server.streams import ordered_answers
 
 SERVER_NAME = "ortserve"
@@ -42,25 +41,19 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- health and metadata ---------------------------------------------------------------------
 
-    async def ServerLive(
-        self, request: pb.ServerLiveRequest, context: aio.ServicerContext
-    ) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(
-        self, request: pb.ServerReadyRequest, context: aio.ServicerContext
-    ) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
         """Ready whenever it answers: the gRPC server starts after the registry has been read."""
         return pb.ServerReadyResponse(ready=True)
 
     async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: aio.ServicerContext
+        self, request: pb.ServerMetadataRequest, context: Context
     ) -> pb.ServerMetadataResponse:
         return self._metadata
 
-    async def ModelReady(
-        self, request: pb.ModelReadyRequest, context: aio.ServicerContext
-    ) -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         """Whether a request with this name and version would be served now.
 
         Like Triton, never an error for a well-formed request: an unknown model, an unknown or
@@ -76,16 +69,14 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=True)
 
     async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
+        self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
         """Signature of the version ("" = latest ready, else latest registered) and every version number."""
         slot = self._describe(request.name, request.version)
         versions = [s.record.version for s in self._pool.versions(request.name)]
         return convert.model_metadata(slot.record, versions)
 
-    async def ModelConfig(
-        self, request: pb.ModelConfigRequest, context: aio.ServicerContext
-    ) -> pb.ModelConfigResponse:
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
         return pb.ModelConfigResponse(
             config=convert.model_config(self._describe(request.name, request.version))
         )
@@ -104,14 +95,12 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference -------------------------------------------------------------------------------
 
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: aio.ServicerContext
-    ) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         result = await self._core.predict(convert.predict_call(request, context.time_remaining()))
         return convert.infer_response(result, request.id)
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Answers in request order; a failed request answers `error_message` and the stream goes on.
 
@@ -138,7 +127,7 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- statistics and repository ---------------------------------------------------------------
 
     async def ModelStatistics(
-        self, request: pb.ModelStatisticsRequest, context: aio.ServicerContext
+        self, request: pb.ModelStatisticsRequest, context: Context
     ) -> pb.ModelStatisticsResponse:
         """Empty name: every loaded version of all models; empty version: the loaded versions of the model."""
         if request.version:
@@ -151,7 +140,7 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelStatisticsResponse(model_stats=[convert.model_statistics(s) for s in slots])
 
     async def RepositoryIndex(
-        self, request: pb.RepositoryIndexRequest, context: aio.ServicerContext
+        self, request: pb.RepositoryIndexRequest, context: Context
     ) -> pb.RepositoryIndexResponse:
         """Every registered version that is not retired; with `ready`, only the READY ones."""
         await self._control.refresh()
@@ -161,7 +150,7 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryIndexResponse(models=[convert.index_entry(s) for s in slots])
 
     async def RepositoryModelLoad(
-        self, request: pb.RepositoryModelLoadRequest, context: aio.ServicerContext
+        self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
         """Load the latest registered version, or register and load the bytes of a `file:` parameter.
 
@@ -187,7 +176,7 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
 
     async def RepositoryModelUnload(
-        self, request: pb.RepositoryModelUnloadRequest, context: aio.ServicerContext
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
         """Unload every version of the model (`unload_dependents` has nothing to act on)."""
         if not request.model_name:

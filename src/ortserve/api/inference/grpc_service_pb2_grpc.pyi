@@ -13,109 +13,142 @@ from collections import abc as _abc
 from grpc import aio as _aio
 from ortserve.api.inference import grpc_service_pb2 as _grpc_service_pb2
 import abc as _abc_1
+import grpc as _grpc
+import sys
+import typing as _typing
 
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
+else:
+    from typing_extensions import Self as _Self
+
+_T = _typing.TypeVar("_T")
+
+class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
+
+class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
+    ...
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class GRPCInferenceServiceStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> GRPCInferenceServiceAsyncStub: ...
+    ServerLive: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerLiveRequest, _grpc_service_pb2.ServerLiveResponse]
+    ServerReady: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerReadyRequest, _grpc_service_pb2.ServerReadyResponse]
+    ModelReady: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelReadyRequest, _grpc_service_pb2.ModelReadyResponse]
+    ServerMetadata: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerMetadataRequest, _grpc_service_pb2.ServerMetadataResponse]
+    ModelMetadata: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelMetadataRequest, _grpc_service_pb2.ModelMetadataResponse]
+    ModelInfer: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse]
+    ModelStreamInfer: _grpc.StreamStreamMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelStreamInferResponse]
+    ModelConfig: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelConfigRequest, _grpc_service_pb2.ModelConfigResponse]
+    ModelStatistics: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelStatisticsRequest, _grpc_service_pb2.ModelStatisticsResponse]
+    RepositoryIndex: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryIndexRequest, _grpc_service_pb2.RepositoryIndexResponse]
+    RepositoryModelLoad: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryModelLoadRequest, _grpc_service_pb2.RepositoryModelLoadResponse]
+    RepositoryModelUnload: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryModelUnloadRequest, _grpc_service_pb2.RepositoryModelUnloadResponse]
+
+@_typing.type_check_only
+class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
-    ServerLive: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerLiveRequest, _grpc_service_pb2.ServerLiveResponse]
-    ServerReady: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerReadyRequest, _grpc_service_pb2.ServerReadyResponse]
-    ModelReady: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelReadyRequest, _grpc_service_pb2.ModelReadyResponse]
-    ServerMetadata: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerMetadataRequest, _grpc_service_pb2.ServerMetadataResponse]
-    ModelMetadata: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelMetadataRequest, _grpc_service_pb2.ModelMetadataResponse]
-    ModelInfer: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse]
-    ModelStreamInfer: _aio.StreamStreamMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelStreamInferResponse]
-    ModelConfig: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelConfigRequest, _grpc_service_pb2.ModelConfigResponse]
-    ModelStatistics: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelStatisticsRequest, _grpc_service_pb2.ModelStatisticsResponse]
-    RepositoryIndex: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryIndexRequest, _grpc_service_pb2.RepositoryIndexResponse]
-    RepositoryModelLoad: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryModelLoadRequest, _grpc_service_pb2.RepositoryModelLoadResponse]
-    RepositoryModelUnload: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryModelUnloadRequest, _grpc_service_pb2.RepositoryModelUnloadResponse]
+    ServerLive: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerLiveRequest, _grpc_service_pb2.ServerLiveResponse]  # type: ignore[assignment]
+    ServerReady: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerReadyRequest, _grpc_service_pb2.ServerReadyResponse]  # type: ignore[assignment]
+    ModelReady: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelReadyRequest, _grpc_service_pb2.ModelReadyResponse]  # type: ignore[assignment]
+    ServerMetadata: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerMetadataRequest, _grpc_service_pb2.ServerMetadataResponse]  # type: ignore[assignment]
+    ModelMetadata: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelMetadataRequest, _grpc_service_pb2.ModelMetadataResponse]  # type: ignore[assignment]
+    ModelInfer: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse]  # type: ignore[assignment]
+    ModelStreamInfer: _aio.StreamStreamMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelStreamInferResponse]  # type: ignore[assignment]
+    ModelConfig: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelConfigRequest, _grpc_service_pb2.ModelConfigResponse]  # type: ignore[assignment]
+    ModelStatistics: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelStatisticsRequest, _grpc_service_pb2.ModelStatisticsResponse]  # type: ignore[assignment]
+    RepositoryIndex: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryIndexRequest, _grpc_service_pb2.RepositoryIndexResponse]  # type: ignore[assignment]
+    RepositoryModelLoad: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryModelLoadRequest, _grpc_service_pb2.RepositoryModelLoadResponse]  # type: ignore[assignment]
+    RepositoryModelUnload: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.RepositoryModelUnloadRequest, _grpc_service_pb2.RepositoryModelUnloadResponse]  # type: ignore[assignment]
 
 class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def ServerLive(
         self,
         request: _grpc_service_pb2.ServerLiveRequest,
-        context: _aio.ServicerContext[_grpc_service_pb2.ServerLiveRequest, _abc.Awaitable[_grpc_service_pb2.ServerLiveResponse]],
-    ) -> _abc.Awaitable[_grpc_service_pb2.ServerLiveResponse]: ...
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.ServerLiveResponse, _abc.Awaitable[_grpc_service_pb2.ServerLiveResponse]]: ...
 
     @_abc_1.abstractmethod
     def ServerReady(
         self,
         request: _grpc_service_pb2.ServerReadyRequest,
-        context: _aio.ServicerContext[_grpc_service_pb2.ServerReadyRequest, _abc.Awaitable[_grpc_service_pb2.ServerReadyResponse]],
-    ) -> _abc.Awaitable[_grpc_service_pb2.ServerReadyResponse]: ...
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.ServerReadyResponse, _abc.Awaitable[_grpc_service_pb2.ServerReadyResponse]]: ...
 
     @_abc_1.abstractmethod
     def ModelReady(
         self,
         request: _grpc_service_pb2.ModelReadyRequest,
-        context: _aio.ServicerContext[_grpc_service_pb2.ModelReadyRequest, _abc.Awaitable[_grpc_service_pb2.ModelReadyResponse]],
-    ) -> _abc.Awaitable[_grpc_service_pb2.ModelReadyResponse]: ...
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.ModelReadyResponse, _abc.Awaitable[_grpc_service_pb2.ModelReadyResponse]]: ...
 
     @_abc_1.abstractmethod
     def ServerMetadata(
         self,
         request: _grpc_service_pb2.ServerMetadataRequest,
-        context: _aio.ServicerContext[_grpc_service_pb2.ServerMetadataRequest, _abc.Awaitable[_grpc_service_pb2.ServerMetadataResponse]],
-    ) -> _abc.Awaitable[_grpc_service_pb2.ServerMetadataResponse]: ...
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.ServerMetadataResponse, _abc.Awaitable[_grpc_service_pb2.ServerMetadataResponse]]: ...
 
     @_abc_1.abstractmethod
     def ModelMetadata(
         self,
         request: _grpc_service_pb2.ModelMetadataRequest,
-        context: _aio.ServicerContext[_grpc_service_pb2.ModelMetadataRequest, _abc.Awaitable[_grpc_service_pb2.ModelMetadataResponse]],
-    ) -> _abc.Awaitable[_grpc_service_pb2.ModelMetadataResponse]: ...
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.ModelMetadataResponse, _abc.Awaitable[_grpc_service_pb2.ModelMetadataResponse]]: ...
 
     @_abc_1.abstractmethod
     def ModelInfer(
         self,
         request: _grpc_service_pb2.ModelInferRequest,
-        context: _aio.ServicerContext[_grpc_service_pb2.ModelInferRequest, _abc.Awaitable[_grpc_service_pb2.ModelInferResponse]],
-    ) -> _abc.Awaitable[_grpc_service_pb2.ModelInferResponse]: ...
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.ModelInferResponse, _abc.Awaitable[_grpc_service_pb2.ModelInferResponse]]: ...
 
     @_abc_1.abstractmethod
     def ModelStreamInfer(
         self,
-        request_iterator: _abc.AsyncIterator[_grpc_service_pb2.ModelInferRequest],
-        context: _aio.ServicerContext[_abc.AsyncIterator[_grpc_service_pb2.ModelInferRequest], _abc.AsyncIterator[_grpc_service_pb2.ModelStreamInferResponse]],
-    ) -> _abc.AsyncIterator[_grpc_service_pb2.ModelStreamInferResponse]: ...
+        request_iterator: _MaybeAsyncIterator[_grpc_service_pb2.ModelInferRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_grpc_service_pb2.ModelStreamInferResponse], _abc.AsyncIterator[_grpc_service_pb2.ModelStreamInferResponse]]: ...
 
     @_abc_1.abstractmethod
     def ModelConfig(
         self,
         request: _grpc_service_pb2.ModelConfigRequest,
-        context: _aio.ServicerContext[_grpc_service_pb2.ModelConfigRequest, _abc.Awaitable[_grpc_service_pb2.ModelConfigResponse]],
-    ) -> _abc.Awaitable[_grpc_service_pb2.ModelConfigResponse]: ...
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.ModelConfigResponse, _abc.Awaitable[_grpc_service_pb2.ModelConfigResponse]]: ...
 
     @_abc_1.abstractmethod
     def ModelStatistics(
         self,
         request: _grpc_service_pb2.ModelStatisticsRequest,
-        context: _aio.ServicerContext[_grpc_service_pb2.ModelStatisticsRequest, _abc.Awaitable[_grpc_service_pb2.ModelStatisticsResponse]],
-    ) -> _abc.Awaitable[_grpc_service_pb2.ModelStatisticsResponse]: ...
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.ModelStatisticsResponse, _abc.Awaitable[_grpc_service_pb2.ModelStatisticsResponse]]: ...
 
     @_abc_1.abstractmethod
     def RepositoryIndex(
         self,
         request: _grpc_service_pb2.RepositoryIndexRequest,
-        context: _aio.ServicerContext[_grpc_service_pb2.RepositoryIndexRequest, _abc.Awaitable[_grpc_service_pb2.RepositoryIndexResponse]],
-    ) -> _abc.Awaitable[_grpc_service_pb2.RepositoryIndexResponse]: ...
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.RepositoryIndexResponse, _abc.Awaitable[_grpc_service_pb2.RepositoryIndexResponse]]: ...
 
     @_abc_1.abstractmethod
     def RepositoryModelLoad(
         self,
         request: _grpc_service_pb2.RepositoryModelLoadRequest,
-        context: _aio.ServicerContext[_grpc_service_pb2.RepositoryModelLoadRequest, _abc.Awaitable[_grpc_service_pb2.RepositoryModelLoadResponse]],
-    ) -> _abc.Awaitable[_grpc_service_pb2.RepositoryModelLoadResponse]: ...
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.RepositoryModelLoadResponse, _abc.Awaitable[_grpc_service_pb2.RepositoryModelLoadResponse]]: ...
 
     @_abc_1.abstractmethod
     def RepositoryModelUnload(
         self,
         request: _grpc_service_pb2.RepositoryModelUnloadRequest,
-        context: _aio.ServicerContext[_grpc_service_pb2.RepositoryModelUnloadRequest, _abc.Awaitable[_grpc_service_pb2.RepositoryModelUnloadResponse]],
-    ) -> _abc.Awaitable[_grpc_service_pb2.RepositoryModelUnloadResponse]: ...
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_service_pb2.RepositoryModelUnloadResponse, _abc.Awaitable[_grpc_service_pb2.RepositoryModelUnloadResponse]]: ...
 
-def add_GRPCInferenceServiceServicer_to_server(servicer: GRPCInferenceServiceServicer, server: _aio.Server) -> None: ...
+def add_GRPCInferenceServiceServicer_to_server(servicer: GRPCInferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,7 +7,21 @@ from collections import abc as _abc
 from grpc import aio as _aio
 from ortserve.api.v1 import inference_service_pb2 as _inference_service_pb2
 import abc as _abc_1
+import grpc as _grpc
+import sys
+import typing as _typing
 
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
+else:
+    from typing_extensions import Self as _Self
+
+_T = _typing.TypeVar("_T")
+
+class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
+
+class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
+    ...
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
@@ -15,15 +29,33 @@ GRPC_VERSION: str
 class InferenceServiceStub:
     """Runs models."""
 
-    def __init__(self, channel: _aio.Channel) -> None: ...
-    Predict: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.PredictRequest, _inference_service_pb2.PredictResponse]
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> InferenceServiceAsyncStub: ...
+    Predict: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.PredictRequest, _inference_service_pb2.PredictResponse]
     """One prediction."""
-    PredictStream: _aio.StreamStreamMultiCallable[_inference_service_pb2.PredictStreamRequest, _inference_service_pb2.PredictStreamResponse]
+    PredictStream: _grpc.StreamStreamMultiCallable[_inference_service_pb2.PredictStreamRequest, _inference_service_pb2.PredictStreamResponse]
     """Many predictions over one stream: each message is answered as soon as it is
     computed, in request order; a bad message gets an in-band error and the
     stream stays open.
     """
-    GetModelSignature: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.GetModelSignatureRequest, _inference_service_pb2.GetModelSignatureResponse]
+    GetModelSignature: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.GetModelSignatureRequest, _inference_service_pb2.GetModelSignatureResponse]
+    """The inputs and outputs of a model version."""
+
+@_typing.type_check_only
+class InferenceServiceAsyncStub(InferenceServiceStub):
+    """Runs models."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Predict: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.PredictRequest, _inference_service_pb2.PredictResponse]  # type: ignore[assignment]
+    """One prediction."""
+    PredictStream: _aio.StreamStreamMultiCallable[_inference_service_pb2.PredictStreamRequest, _inference_service_pb2.PredictStreamResponse]  # type: ignore[assignment]
+    """Many predictions over one stream: each message is answered as soon as it is
+    computed, in request order; a bad message gets an in-band error and the
+    stream stays open.
+    """
+    GetModelSignature: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.GetModelSignatureRequest, _inference_service_pb2.GetModelSignatureResponse]  # type: ignore[assignment]
     """The inputs and outputs of a model version."""
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -33,16 +65,16 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     def Predict(
         self,
         request: _inference_service_pb2.PredictRequest,
-        context: _aio.ServicerContext[_inference_service_pb2.PredictRequest, _abc.Awaitable[_inference_service_pb2.PredictResponse]],
-    ) -> _abc.Awaitable[_inference_service_pb2.PredictResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_service_pb2.PredictResponse, _abc.Awaitable[_inference_service_pb2.PredictResponse]]:
         """One prediction."""
 
     @_abc_1.abstractmethod
     def PredictStream(
         self,
-        request_iterator: _abc.AsyncIterator[_inference_service_pb2.PredictStreamRequest],
-        context: _aio.ServicerContext[_abc.AsyncIterator[_inference_service_pb2.PredictStreamRequest], _abc.AsyncIterator[_inference_service_pb2.PredictStreamResponse]],
-    ) -> _abc.AsyncIterator[_inference_service_pb2.PredictStreamResponse]:
+        request_iterator: _MaybeAsyncIterator[_inference_service_pb2.PredictStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_inference_service_pb2.PredictStreamResponse], _abc.AsyncIterator[_inference_service_pb2.PredictStreamResponse]]:
         """Many predictions over one stream: each message is answered as soon as it is
         computed, in request order; a bad message gets an in-band error and the
         stream stays open.
@@ -52,8 +84,8 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     def GetModelSignature(
         self,
         request: _inference_service_pb2.GetModelSignatureRequest,
-        context: _aio.ServicerContext[_inference_service_pb2.GetModelSignatureRequest, _abc.Awaitable[_inference_service_pb2.GetModelSignatureResponse]],
-    ) -> _abc.Awaitable[_inference_service_pb2.GetModelSignatureResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_service_pb2.GetModelSignatureResponse, _abc.Awaitable[_inference_service_pb2.GetModelSignatureResponse]]:
         """The inputs and outputs of a model version."""
 
-def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _aio.Server) -> None: ...
+def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,7 +7,21 @@ from collections import abc as _abc
 from grpc import aio as _aio
 from ortserve.api.v1 import registry_service_pb2 as _registry_service_pb2
 import abc as _abc_1
+import grpc as _grpc
+import sys
+import typing as _typing
 
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
+else:
+    from typing_extensions import Self as _Self
+
+_T = _typing.TypeVar("_T")
+
+class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
+
+class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
+    ...
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
@@ -15,16 +29,35 @@ GRPC_VERSION: str
 class RegistryServiceStub:
     """Registers, lists and loads models and their versions."""
 
-    def __init__(self, channel: _aio.Channel) -> None: ...
-    RegisterModel: _aio.StreamUnaryMultiCallable[_registry_service_pb2.RegisterModelRequest, _registry_service_pb2.RegisterModelResponse]
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> RegistryServiceAsyncStub: ...
+    RegisterModel: _grpc.StreamUnaryMultiCallable[_registry_service_pb2.RegisterModelRequest, _registry_service_pb2.RegisterModelResponse]
     """Upload a model: the first message is the manifest, then chunks of at most 1 MiB."""
-    GetModel: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetModelRequest, _registry_service_pb2.GetModelResponse]
-    ListModels: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListModelsRequest, _registry_service_pb2.ListModelsResponse]
-    ListModelVersions: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListModelVersionsRequest, _registry_service_pb2.ListModelVersionsResponse]
-    GetModelVersion: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetModelVersionRequest, _registry_service_pb2.GetModelVersionResponse]
-    LoadModelVersion: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.LoadModelVersionRequest, _registry_service_pb2.LoadModelVersionResponse]
+    GetModel: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetModelRequest, _registry_service_pb2.GetModelResponse]
+    ListModels: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListModelsRequest, _registry_service_pb2.ListModelsResponse]
+    ListModelVersions: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListModelVersionsRequest, _registry_service_pb2.ListModelVersionsResponse]
+    GetModelVersion: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetModelVersionRequest, _registry_service_pb2.GetModelVersionResponse]
+    LoadModelVersion: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.LoadModelVersionRequest, _registry_service_pb2.LoadModelVersionResponse]
     """Load a version on this server (and warm it up) so it takes traffic."""
-    UnloadModelVersion: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.UnloadModelVersionRequest, _registry_service_pb2.UnloadModelVersionResponse]
+    UnloadModelVersion: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.UnloadModelVersionRequest, _registry_service_pb2.UnloadModelVersionResponse]
+    """Drain and unload a version from this server."""
+
+@_typing.type_check_only
+class RegistryServiceAsyncStub(RegistryServiceStub):
+    """Registers, lists and loads models and their versions."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    RegisterModel: _aio.StreamUnaryMultiCallable[_registry_service_pb2.RegisterModelRequest, _registry_service_pb2.RegisterModelResponse]  # type: ignore[assignment]
+    """Upload a model: the first message is the manifest, then chunks of at most 1 MiB."""
+    GetModel: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetModelRequest, _registry_service_pb2.GetModelResponse]  # type: ignore[assignment]
+    ListModels: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListModelsRequest, _registry_service_pb2.ListModelsResponse]  # type: ignore[assignment]
+    ListModelVersions: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListModelVersionsRequest, _registry_service_pb2.ListModelVersionsResponse]  # type: ignore[assignment]
+    GetModelVersion: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetModelVersionRequest, _registry_service_pb2.GetModelVersionResponse]  # type: ignore[assignment]
+    LoadModelVersion: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.LoadModelVersionRequest, _registry_service_pb2.LoadModelVersionResponse]  # type: ignore[assignment]
+    """Load a version on this server (and warm it up) so it takes traffic."""
+    UnloadModelVersion: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.UnloadModelVersionRequest, _registry_service_pb2.UnloadModelVersionResponse]  # type: ignore[assignment]
     """Drain and unload a version from this server."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -33,53 +66,53 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def RegisterModel(
         self,
-        request_iterator: _abc.AsyncIterator[_registry_service_pb2.RegisterModelRequest],
-        context: _aio.ServicerContext[_abc.AsyncIterator[_registry_service_pb2.RegisterModelRequest], _abc.Awaitable[_registry_service_pb2.RegisterModelResponse]],
-    ) -> _abc.Awaitable[_registry_service_pb2.RegisterModelResponse]:
+        request_iterator: _MaybeAsyncIterator[_registry_service_pb2.RegisterModelRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.RegisterModelResponse, _abc.Awaitable[_registry_service_pb2.RegisterModelResponse]]:
         """Upload a model: the first message is the manifest, then chunks of at most 1 MiB."""
 
     @_abc_1.abstractmethod
     def GetModel(
         self,
         request: _registry_service_pb2.GetModelRequest,
-        context: _aio.ServicerContext[_registry_service_pb2.GetModelRequest, _abc.Awaitable[_registry_service_pb2.GetModelResponse]],
-    ) -> _abc.Awaitable[_registry_service_pb2.GetModelResponse]: ...
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.GetModelResponse, _abc.Awaitable[_registry_service_pb2.GetModelResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListModels(
         self,
         request: _registry_service_pb2.ListModelsRequest,
-        context: _aio.ServicerContext[_registry_service_pb2.ListModelsRequest, _abc.Awaitable[_registry_service_pb2.ListModelsResponse]],
-    ) -> _abc.Awaitable[_registry_service_pb2.ListModelsResponse]: ...
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.ListModelsResponse, _abc.Awaitable[_registry_service_pb2.ListModelsResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListModelVersions(
         self,
         request: _registry_service_pb2.ListModelVersionsRequest,
-        context: _aio.ServicerContext[_registry_service_pb2.ListModelVersionsRequest, _abc.Awaitable[_registry_service_pb2.ListModelVersionsResponse]],
-    ) -> _abc.Awaitable[_registry_service_pb2.ListModelVersionsResponse]: ...
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.ListModelVersionsResponse, _abc.Awaitable[_registry_service_pb2.ListModelVersionsResponse]]: ...
 
     @_abc_1.abstractmethod
     def GetModelVersion(
         self,
         request: _registry_service_pb2.GetModelVersionRequest,
-        context: _aio.ServicerContext[_registry_service_pb2.GetModelVersionRequest, _abc.Awaitable[_registry_service_pb2.GetModelVersionResponse]],
-    ) -> _abc.Awaitable[_registry_service_pb2.GetModelVersionResponse]: ...
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.GetModelVersionResponse, _abc.Awaitable[_registry_service_pb2.GetModelVersionResponse]]: ...
 
     @_abc_1.abstractmethod
     def LoadModelVersion(
         self,
         request: _registry_service_pb2.LoadModelVersionRequest,
-        context: _aio.ServicerContext[_registry_service_pb2.LoadModelVersionRequest, _abc.Awaitable[_registry_service_pb2.LoadModelVersionResponse]],
-    ) -> _abc.Awaitable[_registry_service_pb2.LoadModelVersionResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.LoadModelVersionResponse, _abc.Awaitable[_registry_service_pb2.LoadModelVersionResponse]]:
         """Load a version on this server (and warm it up) so it takes traffic."""
 
     @_abc_1.abstractmethod
     def UnloadModelVersion(
         self,
         request: _registry_service_pb2.UnloadModelVersionRequest,
-        context: _aio.ServicerContext[_registry_service_pb2.UnloadModelVersionRequest, _abc.Awaitable[_registry_service_pb2.UnloadModelVersionResponse]],
-    ) -> _abc.Awaitable[_registry_service_pb2.UnloadModelVersionResponse]:
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.UnloadModelVersionResponse, _abc.Awaitable[_registry_service_pb2.UnloadModelVersionResponse]]:
         """Drain and unload a version from this server."""
 
-def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _aio.Server) -> None: ...
+def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
