@@ -154,5 +154,3 @@ def _read_toml(path: str, kinds: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InvalidInput(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
     return {k: _coerce(f"{path}: {k}", kinds[k], v) for k, v in table.items()}
-
-

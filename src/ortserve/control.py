@@ -75,9 +75,7 @@ class ControlPlane:
         with contextlib.suppress(FailedPrecondition):
             await self.pool.load(*slot.key)
 
-    async def register(
-        self, manifest: Manifest, chunks: AsyncIterator[bytes], *, load: bool
-    ) -> VersionSlot:
+    async def register(self, manifest: Manifest, chunks: AsyncIterator[bytes], *, load: bool) -> VersionSlot:
         """Stream an upload into the store and registry; optionally load and warm it up here."""
         upload = await asyncio.to_thread(self.registry.begin_upload, manifest)
         try:
