@@ -184,3 +184,46 @@ class AuditEventRecord:
     version: int | None
     before: Mapping[str, Any] | None
     after: Mapping[str, Any] | None
+
+
+PRODUCTION = "production"
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficEntry:
+    """A share of a model's traffic: `target` is a version number ("3") or an alias name."""
+
+    target: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrafficPolicy:
+    """How requests without a version selector are spread; optionally copied to a shadow."""
+
+    model: str
+    entries: tuple[TrafficEntry, ...] = ()
+    sticky: bool = False
+    # Version number or alias that receives a copy of `shadow_share` of the requests; "" for none.
+    shadow_target: str = ""
+    shadow_share: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AliasRecord:
+    model: str
+    name: str
+    version: int
+    # What the alias pointed to before its last change; Rollback returns to it.
+    previous_version: int | None
+    updated_at: datetime
+    updated_by: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteSnapshot:
+    """Every alias and traffic policy at one registry revision: what replicas route by."""
+
+    revision: int
+    aliases: Mapping[str, Mapping[str, int]]  # model -> alias -> version
+    policies: Mapping[str, TrafficPolicy]  # model -> policy
