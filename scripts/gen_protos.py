@@ -40,6 +40,8 @@ def _generate(out: Path) -> None:
         f"-I{include}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
+        "--mypy_opt=quiet",
+        "--mypy_grpc_opt=quiet",
         f"--mypy_out={out}",
         f"--mypy_grpc_out={out}",
         *files,

@@ -43,8 +43,13 @@ class ServerConfig:
     intra_op_threads: int = 0
     # Threads running ONNX Runtime; 0: the machine's cores.
     executor_threads: int = 0
-    # Load every registered version at start.
+    # Load what aliases and traffic policies use, and each model's latest version, at start and
+    # whenever the registry changes; other versions load on demand.
     load_on_start: bool = True
+    # How often each server polls the registry revision to converge with other replicas.
+    poll_interval_s: float = 1.0
+    # Evict unreferenced versions, least recently used first, above this much memory; 0: no limit.
+    memory_budget_bytes: int = 0
     # Register the example models when the registry is empty.
     examples: bool = False
     reflection: bool = True
@@ -67,6 +72,10 @@ class ServerConfig:
             raise InvalidInput(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         if self.log_format not in ("auto", "json", "console"):
             raise InvalidInput(f"log_format must be auto, json or console, got {self.log_format!r}")
+        if not 0.05 <= self.poll_interval_s <= 3600:
+            raise InvalidInput(f"poll_interval_s must be in 0.05..3600, got {self.poll_interval_s}")
+        if self.memory_budget_bytes < 0:
+            raise InvalidInput(f"memory_budget_bytes must be >= 0, got {self.memory_budget_bytes}")
         if self.grace_period_s < 0:
             raise InvalidInput(f"grace_period_s must be >= 0, got {self.grace_period_s}")
         if not self.providers:

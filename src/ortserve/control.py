@@ -1,19 +1,30 @@
 """The control plane: registry writes, loads and unloads, and convergence with the registry.
 
-Runs beside the hot path. Each server polls the registry revision (one row) and picks up
-versions registered through any replica; the in-memory pool is what Predict reads.
+Runs beside the hot path. Each server polls the registry revision (one row) and reconciles: new
+versions appear, retired ones are unloaded, aliases and traffic policies are swapped into the
+in-memory routes, and every version an alias or policy uses (and each model's latest) is loaded
+and warmed before traffic moves to it. Predict reads only the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import structlog
 
 from ortserve.errors import FailedPrecondition, OrtserveError
-from ortserve.registry.records import Manifest, ModelVersionRecord, VersionState
+from ortserve.registry.records import (
+    PRODUCTION,
+    AliasRecord,
+    Manifest,
+    ModelVersionRecord,
+    RouteSnapshot,
+    TrafficEntry,
+    TrafficPolicy,
+    VersionState,
+)
 from ortserve.registry.service import Registry
 from ortserve.scheduler.pool import ModelPool, VersionSlot
 
@@ -34,14 +45,17 @@ class ControlPlane:
     ) -> None:
         self.registry = registry
         self.pool = pool
-        self._load_new = load_on_start
+        self._load_resident = load_on_start
         self._poll_interval_s = poll_interval_s
         self._listener = on_change
         self._revision = -1
+        self._refreshing = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
+        self._loads: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.refresh()
+        await self._settle()
         self._poller = asyncio.create_task(self._poll(), name="registry-poll")
 
     async def aclose(self) -> None:
@@ -49,19 +63,57 @@ class ControlPlane:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        for task in list(self._loads):
+            task.cancel()
+        await asyncio.gather(*self._loads, return_exceptions=True)
         await self.pool.aclose()
 
     async def refresh(self) -> None:
-        """Pick up versions registered since the last look (through this server or another)."""
-        revision = await asyncio.to_thread(self.registry.revision)
-        if revision == self._revision:
-            return
-        records = await asyncio.to_thread(self.registry.all_versions)
-        added = self.pool.sync(records)
-        self._revision = revision
-        if self._load_new:
-            await asyncio.gather(*(self._load_quietly(slot) for slot in added))
+        """Converge on the registry: versions, routes, residency (loads run in the background)."""
+        async with self._refreshing:
+            revision = await asyncio.to_thread(self.registry.revision)
+            if revision == self._revision:
+                return
+            records, routes = await asyncio.to_thread(self._read)
+            added, gone = self.pool.sync(records)
+            self.pool.events.revision = revision
+            self._publish(added, routes)
+            for slot in gone:
+                await self.pool.remove(slot)
+            self.pool.set_routes(routes)
+            self._revision = revision
+            self._load_missing()
         await self._changed()
+
+    def _read(self) -> tuple[list[ModelVersionRecord], RouteSnapshot]:
+        return self.registry.all_versions(), self.registry.routes()
+
+    def _publish(self, added: list[VersionSlot], routes: RouteSnapshot) -> None:
+        events = self.pool.events
+        for slot in added:
+            events.publish("registered", slot.record.model, slot.record.version, slot.state)
+        for model, aliases in routes.aliases.items():
+            if dict(aliases) != dict(self.pool.routes(model).aliases):
+                detail = ", ".join(f"{k}={v}" for k, v in sorted(aliases.items()))
+                events.publish("alias", model, detail=detail)
+        for model, policy in routes.policies.items():
+            if policy != self.pool.routes(model).policy:
+                events.publish("traffic", model, detail=_describe(policy))
+
+    def _load_missing(self) -> None:
+        if not self._load_resident:
+            return
+        for model, version in sorted(self.pool.resident()):
+            slot = self.pool.slot(model, version)
+            if slot.state is VersionState.REGISTERED:
+                task = asyncio.create_task(self._load_quietly(slot))
+                self._loads.add(task)
+                task.add_done_callback(self._loads.discard)
+
+    async def _settle(self) -> None:
+        """Wait for the loads a refresh started (at start-up, and in tests)."""
+        while self._loads:
+            await asyncio.gather(*list(self._loads), return_exceptions=True)
 
     async def _poll(self) -> None:
         while True:
@@ -74,6 +126,9 @@ class ControlPlane:
     async def _load_quietly(self, slot: VersionSlot) -> None:
         with contextlib.suppress(FailedPrecondition):
             await self.pool.load(*slot.key)
+        await self._changed()
+
+    # --- registry writes, each followed by an immediate refresh here ----------------------
 
     async def register(self, manifest: Manifest, chunks: AsyncIterator[bytes], *, load: bool) -> VersionSlot:
         """Stream an upload into the store and registry; optionally load and warm it up here."""
@@ -85,16 +140,63 @@ class ControlPlane:
             upload.abort()
             raise
         record = await asyncio.to_thread(self.registry.finish_upload, upload, manifest)
-        return await self._adopt(record, load=load)
-
-    async def _adopt(self, record: ModelVersionRecord, *, load: bool) -> VersionSlot:
-        self.pool.sync([record])
+        await self.refresh()
         slot = self.pool.slot(record.model, record.version)
-        if load or self._load_new:
+        if load:
             with contextlib.suppress(FailedPrecondition):
                 await self.pool.load(record.model, record.version)
-        await self._changed()
+            await self._changed()
         return slot
+
+    async def set_alias(self, model: str, alias: str, version: int, actor: str) -> AliasRecord:
+        action = "promote" if alias == PRODUCTION else "alias.set"
+        record = await asyncio.to_thread(
+            self.registry.set_alias, model, alias, version, actor=actor, action=action
+        )
+        await self._converged(model, record.version)
+        return record
+
+    async def rollback(self, model: str, alias: str, actor: str) -> AliasRecord:
+        record = await asyncio.to_thread(self.registry.rollback, model, alias or PRODUCTION, actor=actor)
+        await self._converged(model, record.version)
+        return record
+
+    async def delete_alias(self, model: str, alias: str, actor: str) -> None:
+        await asyncio.to_thread(self.registry.delete_alias, model, alias, actor=actor)
+        await self.refresh()
+
+    async def set_traffic(
+        self, model: str, entries: Sequence[TrafficEntry], sticky: bool, actor: str
+    ) -> TrafficPolicy:
+        policy = await asyncio.to_thread(
+            self.registry.set_traffic, model, entries, sticky=sticky, actor=actor
+        )
+        await self.refresh()
+        await self._settle()
+        return policy
+
+    async def set_shadow(self, model: str, target: str, share: float, actor: str) -> TrafficPolicy:
+        policy = await asyncio.to_thread(self.registry.set_shadow, model, target, share, actor=actor)
+        await self.refresh()
+        await self._settle()
+        return policy
+
+    async def retire(self, model: str, version: int, actor: str) -> ModelVersionRecord:
+        record = await asyncio.to_thread(self.registry.retire, model, version, actor=actor)
+        await self.refresh()
+        return record
+
+    async def _converged(self, model: str, version: int) -> None:
+        """After an alias change: refresh, and wait until its target is warm here (or failed)."""
+        await self.refresh()
+        await self._settle()
+        slot = self.pool.slot(model, version)
+        if slot.state is VersionState.FAILED:
+            raise FailedPrecondition(
+                f"model {model!r} version {version} failed to load here and takes no traffic: {slot.error}"
+            )
+
+    # --- loads and views ------------------------------------------------------------------
 
     async def load(self, model: str, version: int) -> VersionSlot:
         await self._ensure_known(model)
@@ -134,4 +236,10 @@ class ControlPlane:
         return slot.state, slot.error, active
 
 
-__all__ = ["ControlPlane"]
+def _describe(policy: TrafficPolicy) -> str:
+    parts = [f"{e.target}={e.weight}" for e in policy.entries]
+    if policy.sticky:
+        parts.append("sticky")
+    if policy.shadow_target:
+        parts.append(f"shadow {policy.shadow_target}@{policy.shadow_share:g}")
+    return " ".join(parts)

@@ -108,7 +108,7 @@ BAD_PREDICTS = [
         "bad selector",
         request(np.zeros((1, 16), np.float32), version="latest!"),
         grpc.StatusCode.NOT_FOUND,
-        "model 'linear' has no version 'latest!'",
+        "model 'linear' has no version or alias 'latest!'",
     ),
     (
         "unknown input",

@@ -1,15 +1,24 @@
-"""The inference core the servicers call: route, validate, run, account."""
+"""The inference core the servicers call: route, validate, run, account, shadow."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from asyncio import CancelledError
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from ortserve.errors import DeadlineExceeded, InvalidInput
+import numpy as np
+import structlog
+
+from ortserve.errors import DeadlineExceeded, InvalidInput, OrtserveError
+from ortserve.registry.records import VersionState
 from ortserve.runtime.signature import Signature, check_feeds
 from ortserve.scheduler.calls import PredictCall, PredictResult
-from ortserve.scheduler.pool import ModelPool
+from ortserve.scheduler.pool import ModelPool, VersionSlot
+from ortserve.scheduler.shadow import NullShadowObserver, ShadowObserver, ShadowStats
+
+log = structlog.get_logger(__name__)
 
 
 class InferenceCore:
@@ -19,24 +28,46 @@ class InferenceCore:
     """
 
     def __init__(
-        self, pool: ModelPool, classify: Callable[[BaseException], str] = lambda exc: "ERROR"
+        self,
+        pool: ModelPool,
+        classify: Callable[[BaseException], str] = lambda exc: "ERROR",
+        shadow_observer: ShadowObserver | None = None,
     ) -> None:
         self.pool = pool
         self._classify = classify
+        self._shadow_observer = shadow_observer or NullShadowObserver()
+        self.shadows: dict[str, ShadowStats] = {}
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     async def predict(self, call: PredictCall) -> PredictResult:
-        slot = self.pool.resolve(call.model, call.selector)
-        record = slot.record
-        rows = check_feeds(record.signature, call.feeds, call.model)
-        outputs = _wanted_outputs(record.signature, call.outputs, call.model)
         deadline = _deadline(call.timeout_s)
+        slot = self.pool.route(call.model, call.selector, call.routing_key)
+        if slot.state is not VersionState.READY:
+            slot = await self.pool.ready(slot, deadline)
+        result = await self._run(slot, call.model, call.feeds, call.outputs, deadline, call.priority)
+        if not call.selector:
+            self._maybe_shadow(call, result)
+        return result
+
+    async def _run(
+        self,
+        slot: VersionSlot,
+        model: str,
+        feeds: Mapping[str, np.ndarray],
+        wanted: Sequence[str],
+        deadline: float | None,
+        priority: int,
+    ) -> PredictResult:
+        record = slot.record
+        rows = check_feeds(record.signature, feeds, model)
+        outputs = _wanted_outputs(record.signature, wanted, model)
         assert slot.batcher is not None  # READY slots always have one
         start = time.perf_counter_ns()
         slot.enter()
         observer = slot.observer
         observer.started()
         try:
-            arrays, timing = await slot.batcher.submit(call.feeds, outputs, rows, deadline, call.priority)
+            arrays, timing = await slot.batcher.submit(feeds, outputs, rows, deadline, priority)
         except BaseException as exc:
             elapsed = time.perf_counter_ns() - start
             slot.stats.record_request(False, elapsed, 0)
@@ -49,7 +80,52 @@ class InferenceCore:
         elapsed = time.perf_counter_ns() - start
         slot.stats.record_request(True, elapsed, timing.queue_ns)
         observer.finished(elapsed / 1e9, timing.queue_ns, "OK")
-        return PredictResult(call.model, record.version, dict(zip(outputs, arrays, strict=True)), timing)
+        return PredictResult(model, record.version, dict(zip(outputs, arrays, strict=True)), timing)
+
+    def _maybe_shadow(self, call: PredictCall, served: PredictResult) -> None:
+        policy = self.pool.routes(call.model).policy
+        if policy is None or not policy.shadow_target or random.random() >= policy.shadow_share:
+            return
+        task = asyncio.create_task(self._shadow(call, served, policy.shadow_target))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(self, call: PredictCall, served: PredictResult, target: str) -> None:
+        """Run the same request on the shadow version and compare; failures are only counted."""
+        model = call.model
+        try:
+            slot = self.pool.route(model, target)
+            if slot.record.version == served.version:
+                return
+            stats = self._stats_for(model, slot.record.version)
+            if slot.state is not VersionState.READY:
+                raise OrtserveError(f"shadow version {slot.record.version} is {slot.state.value}")
+            shadow = await self._run(slot, model, call.feeds, tuple(served.outputs), None, -1)
+        except OrtserveError as exc:
+            self._shadow_failed(model, target, exc)
+            return
+        stats.add(served.outputs, shadow.outputs)
+        self._shadow_observer.compared(
+            model, stats.shadow_version, stats.max_abs_diff, stats.argmax_agreement
+        )
+
+    def _stats_for(self, model: str, version: int) -> ShadowStats:
+        stats = self.shadows.get(model)
+        if stats is None or stats.shadow_version != version:
+            stats = self.shadows[model] = ShadowStats(version)
+        return stats
+
+    def _shadow_failed(self, model: str, target: str, exc: Exception) -> None:
+        stats = self.shadows.get(model)
+        if stats is not None:
+            stats.errors += 1
+            self._shadow_observer.failed(model, stats.shadow_version)
+        log.debug("shadow_failed", model=model, target=target, error=str(exc))
+
+    async def aclose(self) -> None:
+        for task in list(self._shadow_tasks):
+            task.cancel()
+        await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
 
 
 def _wanted_outputs(signature: Signature, wanted: Sequence[str], model: str) -> list[str]:
@@ -67,6 +143,3 @@ def _deadline(timeout_s: float | None) -> float | None:
     if timeout_s <= 0:
         raise DeadlineExceeded("the request's deadline passed before it was queued")
     return time.monotonic() + timeout_s
-
-
-__all__ = ["InferenceCore"]

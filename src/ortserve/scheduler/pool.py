@@ -1,24 +1,36 @@
-"""Loaded versions: one shared session each, with state, warm-up, draining and routing."""
+"""Loaded versions: one shared session each, with state, warm-up, routing, draining and eviction.
+
+A version takes traffic only once it is READY here: loaded, then warmed up. Versions that aliases
+or the traffic policy reference, and each model's latest version, stay resident; others load on
+demand and are evicted least recently used when the memory budget is exceeded.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import structlog
 
-from ortserve.errors import FailedPrecondition, ModelNotReady, NotFound, OrtserveError
-from ortserve.registry.records import ModelVersionRecord, VersionState
+from ortserve.errors import DeadlineExceeded, FailedPrecondition, ModelNotReady, NotFound, OrtserveError
+from ortserve.registry.records import ModelVersionRecord, RouteSnapshot, VersionState
 from ortserve.runtime.session import OrtSession, SessionDefaults, create_session
 from ortserve.runtime.warmup import sample_feeds
 from ortserve.scheduler.batcher import Batcher, BatcherConfig
+from ortserve.scheduler.events import EventBus
 from ortserve.scheduler.observer import NullObserver, VersionObserver
+from ortserve.scheduler.routing import NO_ROUTES, ModelRoutes, choose
 from ortserve.scheduler.stats import VersionStats
 
 log = structlog.get_logger(__name__)
 DRAIN_TIMEOUT_S = 30.0
+DEFAULT_MAX_BATCH_SIZE = 64
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(slots=True)
@@ -34,6 +46,8 @@ class VersionSlot:
     stats: VersionStats = field(default_factory=VersionStats)
     inflight: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    memory_bytes: int = 0
+    last_used: float = 0.0
 
     @property
     def key(self) -> tuple[str, int]:
@@ -41,6 +55,7 @@ class VersionSlot:
 
     def enter(self) -> None:
         self.inflight += 1
+        self.last_used = time.monotonic()
         self.drained.clear()
 
     def leave(self) -> None:
@@ -57,26 +72,74 @@ class ModelPool:
         executor: Executor,
         defaults: SessionDefaults,
         observe: Callable[[str, int], VersionObserver] = lambda model, version: NullObserver(),
+        *,
+        memory_budget_bytes: int = 0,
+        events: EventBus | None = None,
     ) -> None:
         self._executor = executor
         self._defaults = defaults
         self._observe = observe
+        self._budget = memory_budget_bytes
+        self.events = events or EventBus()
         self._models: dict[str, dict[int, VersionSlot]] = {}
-        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._snapshot = RouteSnapshot(revision=0, aliases={}, policies={})
+        self._routes: Mapping[str, ModelRoutes] = {}
+        self._load_lock = asyncio.Lock()
 
-    def sync(self, records: Iterable[ModelVersionRecord]) -> list[VersionSlot]:
-        """Add versions the registry has and this server does not; return the new slots."""
+    # --- the registry's view -------------------------------------------------------------
+
+    def sync(self, records: Iterable[ModelVersionRecord]) -> tuple[list[VersionSlot], list[VersionSlot]]:
+        """Match the registry's versions: return the slots added and those whose versions are gone."""
+        seen: set[tuple[str, int]] = set()
         added = []
         for record in records:
+            seen.add((record.model, record.version))
             versions = self._models.setdefault(record.model, {})
             slot = versions.get(record.version)
             if slot is None:
                 observer = self._observe(record.model, record.version)
-                versions[record.version] = slot = VersionSlot(record, drained=_set_event(), observer=observer)
+                versions[record.version] = slot = VersionSlot(record, drained=_set(), observer=observer)
                 added.append(slot)
             else:
                 slot.record = record
-        return added
+        gone = [slot for slot in self.slots() if slot.key not in seen]
+        return added, gone
+
+    def set_routes(self, snapshot: RouteSnapshot) -> None:
+        self._snapshot = snapshot
+        self._apply_routes()
+
+    def _apply_routes(self) -> None:
+        """Warm, then switch: an alias keeps its old target here until its new one is READY."""
+        snapshot = self._snapshot
+        routes = {}
+        for model in set(snapshot.aliases) | set(snapshot.policies):
+            current = self.routes(model).aliases
+            effective = {}
+            for name, version in snapshot.aliases.get(model, {}).items():
+                warm = _ready(self._models.get(model, {}).get(version))
+                effective[name] = version if warm or name not in current else current[name]
+            routes[model] = ModelRoutes(MappingProxyType(effective), snapshot.policies.get(model))
+        self._routes = routes
+
+    def routes(self, model: str) -> ModelRoutes:
+        return self._routes.get(model, NO_ROUTES)
+
+    def resident(self) -> set[tuple[str, int]]:
+        """Versions that must stay loaded: referenced by aliases or policies (the registry's and the
+        ones still serving here), and each model's latest."""
+        keep = set()
+        snapshot = self._snapshot
+        for model, versions in self._models.items():
+            if versions:
+                keep.add((model, max(versions)))
+            wanted = ModelRoutes(snapshot.aliases.get(model, {}), snapshot.policies.get(model))
+            for version in wanted.referenced() | self.routes(model).referenced():
+                if version in versions:
+                    keep.add((model, version))
+        return keep
+
+    # --- lookups ---------------------------------------------------------------------------
 
     def names(self) -> list[str]:
         return sorted(self._models)
@@ -95,35 +158,70 @@ class ModelPool:
             known = ", ".join(str(v) for v in sorted(versions)) or "none"
             raise NotFound(f"model {model!r} has no version {version}; versions: {known}") from None
 
-    def resolve(self, model: str, selector: str) -> VersionSlot:
-        """The READY version `selector` names: a number, or empty for the latest ready version."""
-        if selector:
-            if not selector.isdigit():
-                raise NotFound(f"model {model!r} has no version {selector!r}; a version is a positive number")
-            slot = self.slot(model, int(selector))
-            if slot.state is not VersionState.READY:
-                raise ModelNotReady(_not_ready(slot))
-            return slot
-        ready = [s for s in self.versions(model) if s.state is VersionState.READY]
-        if not ready:
+    def route(self, model: str, selector: str, routing_key: str = "") -> VersionSlot:
+        """The slot a request goes to; pinned selectors may name a version not loaded yet."""
+        versions = self._versions(model)
+        version = choose(
+            model,
+            selector,
+            self.routes(model),
+            lambda v: _ready(versions.get(v)),
+            lambda: _latest(versions),
+            routing_key,
+        )
+        if version is None:
             raise ModelNotReady(f"model {model!r} has no version ready on this server")
-        return ready[-1]
+        return self.slot(model, version)
+
+    def resolve(self, model: str, selector: str) -> VersionSlot:
+        """The READY version `selector` names, without loading anything."""
+        slot = self.route(model, selector)
+        if slot.state is not VersionState.READY:
+            raise ModelNotReady(_not_ready(slot))
+        return slot
+
+    async def ready(self, slot: VersionSlot, deadline: float | None) -> VersionSlot:
+        """Wait for a pinned version to load (loading it on demand) within the request's deadline."""
+        if slot.state is VersionState.READY:
+            return slot
+        if slot.state in (VersionState.FAILED, VersionState.RETIRED):
+            raise ModelNotReady(_not_ready(slot))
+        timeout = None if deadline is None else deadline - time.monotonic()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.load(*slot.key)), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"model {slot.key[0]!r} version {slot.key[1]} did not load in time"
+            ) from None
+        except FailedPrecondition as exc:
+            raise ModelNotReady(str(exc)) from None
+        return slot
+
+    # --- loading, unloading, eviction ----------------------------------------------------
 
     async def load(self, model: str, version: int) -> VersionSlot:
-        """Create the session, warm it up, then let it take traffic; FAILED with the reason otherwise."""
+        """Create the session, warm it up, then let it take traffic; FAILED with the reason otherwise.
+
+        Loads run one at a time so each one's memory can be measured.
+        """
         slot = self.slot(model, version)
-        async with self._lock(slot.key):
+        async with self._load_lock:
             if slot.state is VersionState.READY:
                 return slot
             slot.state, slot.error = VersionState.LOADING, ""
+            self.events.publish("loading", model, version, slot.state)
+            before = _rss()
             try:
                 session = await asyncio.to_thread(create_session, slot.record, self._defaults)
                 await self._warm_up(slot, session)
             except OrtserveError as exc:
                 slot.state, slot.error = VersionState.FAILED, str(exc)
                 log.warning("model_load_failed", model=model, version=version, error=slot.error)
+                self.events.publish("failed", model, version, slot.state, slot.error)
                 raise FailedPrecondition(slot.error) from exc
+            slot.memory_bytes = max(_rss() - before, slot.record.size_bytes)
             self._activate(slot, session)
+        await self.evict(protect=slot.key)
         return slot
 
     async def _warm_up(self, slot: VersionSlot, session: OrtSession) -> None:
@@ -137,9 +235,9 @@ class ModelPool:
             ) from exc
 
     def _activate(self, slot: VersionSlot, session: OrtSession) -> None:
+        record = slot.record
         slot.session = session
         slot.stats = VersionStats()
-        record = slot.record
         slot.batcher = Batcher(
             session,
             self._executor,
@@ -149,26 +247,57 @@ class ModelPool:
             observer=slot.observer,
         )
         slot.batcher.start()
+        slot.last_used = time.monotonic()
         slot.state = VersionState.READY
+        self._apply_routes()
         log.info(
-            "model_ready", model=slot.record.model, version=slot.record.version, providers=session.providers
+            "model_ready",
+            model=record.model,
+            version=record.version,
+            providers=session.providers,
+            memory_bytes=slot.memory_bytes,
         )
+        self.events.publish("ready", record.model, record.version, slot.state, ",".join(session.providers))
 
-    async def unload(self, model: str, version: int) -> None:
+    async def unload(self, model: str, version: int, *, reason: str = "unloaded") -> None:
         """Stop routing to the version, let its in-flight requests finish, then drop the session."""
         slot = self.slot(model, version)
-        async with self._lock(slot.key):
-            if slot.state is not VersionState.READY:
-                return
-            slot.state = VersionState.REGISTERED
-            try:
-                await asyncio.wait_for(slot.drained.wait(), DRAIN_TIMEOUT_S)
-            except TimeoutError:
-                log.warning("drain_timeout", model=model, version=version, inflight=slot.inflight)
-            if slot.batcher is not None:
-                await slot.batcher.aclose()
-            slot.session, slot.batcher = None, None
-            log.info("model_unloaded", model=model, version=version)
+        if slot.state is not VersionState.READY:
+            if slot.state is VersionState.FAILED:
+                slot.state, slot.error = VersionState.REGISTERED, ""
+            return
+        slot.state = VersionState.REGISTERED
+        try:
+            await asyncio.wait_for(slot.drained.wait(), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("drain_timeout", model=model, version=version, inflight=slot.inflight)
+        if slot.batcher is not None:
+            await slot.batcher.aclose()
+        slot.session, slot.batcher, slot.memory_bytes = None, None, 0
+        log.info("model_unloaded", model=model, version=version, reason=reason)
+        self.events.publish(reason, model, version, slot.state)
+
+    async def remove(self, slot: VersionSlot) -> None:
+        """The registry no longer has the version (retired): unload it and forget it."""
+        model, version = slot.key
+        await self.unload(model, version, reason="retired")
+        slot.state = VersionState.RETIRED
+        self._models.get(model, {}).pop(version, None)
+
+    async def evict(self, protect: tuple[str, int] | None = None) -> None:
+        """Unload least recently used versions nobody references while over the memory budget."""
+        if not self._budget:
+            return
+        keep = self.resident() | ({protect} if protect else set())
+        loaded = [s for s in self.slots() if s.state is VersionState.READY]
+        used = sum(s.memory_bytes for s in loaded)
+        for slot in sorted((s for s in loaded if s.key not in keep), key=lambda s: s.last_used):
+            if used <= self._budget:
+                break
+            used -= slot.memory_bytes
+            await self.unload(*slot.key, reason="evicted")
+        if used > self._budget:
+            log.warning("memory_budget_exceeded", used=used, budget=self._budget)
 
     async def aclose(self) -> None:
         for slot in self.slots():
@@ -179,12 +308,6 @@ class ModelPool:
             return self._models[model]
         except KeyError:
             raise NotFound(f"model {model!r} is not registered") from None
-
-    def _lock(self, key: tuple[str, int]) -> asyncio.Lock:
-        return self._locks.setdefault(key, asyncio.Lock())
-
-
-DEFAULT_MAX_BATCH_SIZE = 64
 
 
 def batcher_config(record: ModelVersionRecord) -> BatcherConfig:
@@ -204,7 +327,24 @@ def batcher_config(record: ModelVersionRecord) -> BatcherConfig:
     )
 
 
-def _set_event() -> asyncio.Event:
+def _ready(slot: VersionSlot | None) -> bool:
+    return slot is not None and slot.state is VersionState.READY
+
+
+def _latest(versions: Mapping[int, VersionSlot]) -> int | None:
+    ready = [v for v, s in versions.items() if s.state is VersionState.READY]
+    return max(ready) if ready else None
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except OSError:  # not Linux: fall back to the model's size
+        return 0
+
+
+def _set() -> asyncio.Event:
     event = asyncio.Event()
     event.set()
     return event

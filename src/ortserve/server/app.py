@@ -48,6 +48,7 @@ class OrtServer:
         parts = self.parts
         await parts.health.shutting_down()
         await parts.server.stop(self.config.grace_period_s if grace_s is None else grace_s)
+        await parts.core.aclose()
         await parts.control.aclose()
         parts.executor.shutdown(wait=True)
         log.info("server_stopped")

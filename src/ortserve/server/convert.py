@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -12,16 +17,21 @@ from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.api.v1 import tensor_pb2 as tpb
 from ortserve.errors import InvalidInput
 from ortserve.registry.records import (
+    AliasRecord,
+    AuditEventRecord,
     BatchingSettings,
     Manifest,
     ModelRecord,
     ModelVersionRecord,
     ProviderSpec,
     SessionSettings,
+    TrafficPolicy,
     VersionState,
 )
 from ortserve.runtime.signature import Signature, TensorSpec
 from ortserve.scheduler.calls import PredictCall, PredictResult
+from ortserve.scheduler.events import ModelEvent
+from ortserve.scheduler.shadow import ShadowStats
 
 _ENUM_BY_DTYPE = {
     d: tpb.DataType.Value("DATA_TYPE_" + ("STRING" if d is dtypes.BYTES else d.name)) for d in dtypes.ALL
@@ -101,8 +111,6 @@ def version_to_pb(
     error: str = "",
     active: tuple[str, ...] = (),
 ) -> mpb.ModelVersion:
-    created = Timestamp()
-    created.FromDatetime(record.created_at)
     state = state or record.state
     return mpb.ModelVersion(
         model=record.model,
@@ -120,15 +128,104 @@ def version_to_pb(
         description=record.description,
         labels=dict(record.labels),
         created_by=record.created_by,
-        create_time=created,
+        create_time=_timestamp(record.created_at),
         active_providers=active,
     )
 
 
-def model_to_pb(record: ModelRecord, versions: list[mpb.ModelVersion]) -> mpb.Model:
-    created = Timestamp()
-    created.FromDatetime(record.created_at)
-    return mpb.Model(name=record.name, description=record.description, versions=versions, create_time=created)
+def model_to_pb(
+    record: ModelRecord,
+    versions: list[mpb.ModelVersion],
+    aliases: Sequence[AliasRecord] = (),
+    policy: TrafficPolicy | None = None,
+    shadow: ShadowStats | None = None,
+) -> mpb.Model:
+    model = mpb.Model(
+        name=record.name,
+        description=record.description,
+        versions=versions,
+        create_time=_timestamp(record.created_at),
+        aliases=[alias_to_pb(a) for a in aliases],
+    )
+    if policy is not None:
+        model.traffic.CopyFrom(policy_to_pb(policy))
+    if shadow is not None:
+        model.shadow.CopyFrom(shadow_to_pb(shadow))
+    return model
+
+
+def alias_to_pb(alias: AliasRecord) -> mpb.Alias:
+    return mpb.Alias(
+        name=alias.name,
+        version=alias.version,
+        previous_version=alias.previous_version or 0,
+        update_time=_timestamp(alias.updated_at),
+        updated_by=alias.updated_by,
+    )
+
+
+def policy_to_pb(policy: TrafficPolicy) -> mpb.TrafficPolicy:
+    return mpb.TrafficPolicy(
+        entries=[mpb.TrafficEntry(target=e.target, weight=e.weight) for e in policy.entries],
+        sticky=policy.sticky,
+        shadow_target=policy.shadow_target,
+        shadow_share=policy.shadow_share,
+    )
+
+
+def shadow_to_pb(stats: ShadowStats) -> mpb.ShadowReport:
+    return mpb.ShadowReport(
+        shadow_version=stats.shadow_version,
+        compared=stats.compared,
+        errors=stats.errors,
+        max_abs_diff=stats.max_abs_diff,
+        argmax_agreement=stats.argmax_agreement,
+    )
+
+
+def audit_to_pb(event: AuditEventRecord) -> mpb.AuditEvent:
+    return mpb.AuditEvent(
+        time=_timestamp(event.at),
+        actor=event.actor,
+        action=event.action,
+        model=event.model,
+        version=event.version or 0,
+        before=_json(event.before),
+        after=_json(event.after),
+    )
+
+
+def event_to_pb(event: ModelEvent) -> mpb.ModelEvent:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(event.time_ns)
+    state = mpb.VersionState.Value("VERSION_STATE_" + (event.state.name if event.state else "UNSPECIFIED"))
+    return mpb.ModelEvent(
+        kind=event.kind,
+        model=event.model,
+        version=event.version,
+        state=state,
+        detail=event.detail,
+        revision=event.revision,
+        time=stamp,
+    )
+
+
+def _json(data: Mapping[str, Any] | None) -> str:
+    return "" if data is None else json.dumps(_plain(data), sort_keys=True, default=str)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _timestamp(at: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(at)
+    return stamp
 
 
 def batching_to_pb(b: BatchingSettings) -> mpb.BatchingConfig:

@@ -47,6 +47,7 @@ class Components:
     config: ServerConfig
     server: aio.Server
     control: ControlPlane
+    core: InferenceCore
     health: Health
     metrics: Metrics
     executor: ThreadPoolExecutor
@@ -69,10 +70,16 @@ def build_server(config: ServerConfig) -> Components:
     executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="ort")
     defaults = SessionDefaults(config.providers, config.strict_providers, intra)
     metrics = Metrics()
-    pool = ModelPool(executor, defaults, metrics.for_version)
+    pool = ModelPool(executor, defaults, metrics.for_version, memory_budget_bytes=config.memory_budget_bytes)
     health = Health(pool, SERVICE_NAMES)
-    control = ControlPlane(registry, pool, load_on_start=config.load_on_start, on_change=health.update_models)
-    core = InferenceCore(pool, classify=lambda exc: status_of(exc)[0].name)
+    control = ControlPlane(
+        registry,
+        pool,
+        load_on_start=config.load_on_start,
+        poll_interval_s=config.poll_interval_s,
+        on_change=health.update_models,
+    )
+    core = InferenceCore(pool, classify=lambda exc: status_of(exc)[0].name, shadow_observer=metrics.shadow)
     server = aio.server(
         interceptors=[RpcInterceptor(metrics, _auth(config))],
         options=[
@@ -82,10 +89,10 @@ def build_server(config: ServerConfig) -> Components:
         ],
     )
     ipb_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(core), server)
-    rpb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(control), server)
+    rpb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(control, core), server)
     oip_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(core, control), server)
     _add_health_and_reflection(server, health, config)
-    return Components(config, server, control, health, metrics, executor)
+    return Components(config, server, control, core, health, metrics, executor)
 
 
 def _auth(config: ServerConfig) -> TokenAuth | None:

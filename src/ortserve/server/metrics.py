@@ -55,6 +55,8 @@ class Metrics:
             "ortserve_batch_flush_total", "Batches closed, by reason", [*_VERSION, "reason"], registry=r
         )
 
+        self.shadow = ShadowMetrics(r)
+
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         self.rpc_total.labels(method, code).inc()
         self.rpc_seconds.labels(method).observe(seconds)
@@ -105,3 +107,39 @@ class VersionMetrics:
             self._queue.observe(queue_ns / 1e9)
         else:
             self._metrics.errors.labels(*self._labels, code).inc()
+
+
+class ShadowMetrics:
+    """Shadow comparisons per model and shadow version."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._compared = Counter(
+            "ortserve_shadow_compared_total",
+            "Requests copied to a shadow and compared",
+            _VERSION,
+            registry=registry,
+        )
+        self._errors = Counter(
+            "ortserve_shadow_errors_total", "Shadow requests that failed", _VERSION, registry=registry
+        )
+        self._diff = Gauge(
+            "ortserve_shadow_max_abs_diff",
+            "Largest absolute output difference seen",
+            _VERSION,
+            registry=registry,
+        )
+        self._agreement = Gauge(
+            "ortserve_shadow_argmax_agreement",
+            "Fraction of rows whose argmax agrees",
+            _VERSION,
+            registry=registry,
+        )
+
+    def compared(self, model: str, shadow_version: int, max_abs_diff: float, agreement: float) -> None:
+        labels = (model, str(shadow_version))
+        self._compared.labels(*labels).inc()
+        self._diff.labels(*labels).set(max_abs_diff)
+        self._agreement.labels(*labels).set(agreement)
+
+    def failed(self, model: str, shadow_version: int) -> None:
+        self._errors.labels(model, str(shadow_version)).inc()

@@ -10,17 +10,26 @@ from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
 from ortserve.control import ControlPlane
 from ortserve.errors import InvalidInput
-from ortserve.registry.records import ModelRecord, ModelVersionRecord
+from ortserve.registry.records import (
+    AliasRecord,
+    ModelRecord,
+    ModelVersionRecord,
+    TrafficEntry,
+    TrafficPolicy,
+)
+from ortserve.scheduler.inference import InferenceCore
 from ortserve.server import convert
 from ortserve.server.rpc import Context
 
 MAX_CHUNK_BYTES = 1 << 20
+MAX_AUDIT_EVENTS = 1000
 
 
 class RegistryServicer(rpb_grpc.RegistryServiceServicer):
-    def __init__(self, control: ControlPlane) -> None:
+    def __init__(self, control: ControlPlane, core: InferenceCore) -> None:
         self._control = control
         self._registry = control.registry
+        self._core = core
 
     async def RegisterModel(
         self, request_iterator: AsyncIterator[rpb.RegisterModelRequest], context: Context
@@ -30,19 +39,20 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
             raise InvalidInput(
                 "RegisterModel must start with a manifest message, then the model bytes in chunks"
             )
-        manifest = convert.manifest_from_pb(first.manifest, created_by=context.peer())
+        manifest = convert.manifest_from_pb(first.manifest, created_by=_actor(context))
         slot = await self._control.register(manifest, _chunks(request_iterator), load=first.manifest.load)
         return rpb.RegisterModelResponse(version=self._version(slot.record))
 
     async def GetModel(self, request: rpb.GetModelRequest, context: Context) -> rpb.GetModelResponse:
         record = await asyncio.to_thread(self._registry.get_model, request.name)
-        return rpb.GetModelResponse(model=self._model(record))
+        return rpb.GetModelResponse(model=await self._model(record))
 
     async def ListModels(self, request: rpb.ListModelsRequest, context: Context) -> rpb.ListModelsResponse:
         records, token = await asyncio.to_thread(
             self._registry.list_models, request.page_size or 100, request.page_token
         )
-        return rpb.ListModelsResponse(models=[self._model(r) for r in records], next_page_token=token)
+        models = [await self._model(r) for r in records]
+        return rpb.ListModelsResponse(models=models, next_page_token=token)
 
     async def ListModelVersions(
         self, request: rpb.ListModelVersionsRequest, context: Context
@@ -68,12 +78,66 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
         await self._control.unload(request.name, request.version)
         return rpb.UnloadModelVersionResponse()
 
+    async def SetAlias(self, request: rpb.SetAliasRequest, context: Context) -> rpb.SetAliasResponse:
+        alias = await self._control.set_alias(request.name, request.alias, request.version, _actor(context))
+        return rpb.SetAliasResponse(alias=convert.alias_to_pb(alias))
+
+    async def DeleteAlias(self, request: rpb.DeleteAliasRequest, context: Context) -> rpb.DeleteAliasResponse:
+        await self._control.delete_alias(request.name, request.alias, _actor(context))
+        return rpb.DeleteAliasResponse()
+
+    async def Rollback(self, request: rpb.RollbackRequest, context: Context) -> rpb.RollbackResponse:
+        alias = await self._control.rollback(request.name, request.alias, _actor(context))
+        return rpb.RollbackResponse(alias=convert.alias_to_pb(alias))
+
+    async def SetTrafficPolicy(
+        self, request: rpb.SetTrafficPolicyRequest, context: Context
+    ) -> rpb.SetTrafficPolicyResponse:
+        entries = [TrafficEntry(e.target, e.weight) for e in request.entries]
+        policy = await self._control.set_traffic(request.name, entries, request.sticky, _actor(context))
+        return rpb.SetTrafficPolicyResponse(policy=convert.policy_to_pb(policy))
+
+    async def SetShadow(self, request: rpb.SetShadowRequest, context: Context) -> rpb.SetShadowResponse:
+        policy = await self._control.set_shadow(request.name, request.target, request.share, _actor(context))
+        return rpb.SetShadowResponse(policy=convert.policy_to_pb(policy))
+
+    async def RetireModelVersion(
+        self, request: rpb.RetireModelVersionRequest, context: Context
+    ) -> rpb.RetireModelVersionResponse:
+        record = await self._control.retire(request.name, request.version, _actor(context))
+        return rpb.RetireModelVersionResponse(version=self._version(record))
+
+    async def ListAuditEvents(
+        self, request: rpb.ListAuditEventsRequest, context: Context
+    ) -> rpb.ListAuditEventsResponse:
+        limit = min(request.limit or 100, MAX_AUDIT_EVENTS)
+        events = await asyncio.to_thread(self._registry.audit_events, request.name or None, limit)
+        return rpb.ListAuditEventsResponse(events=[convert.audit_to_pb(e) for e in events])
+
+    async def WatchModels(
+        self, request: rpb.WatchModelsRequest, context: Context
+    ) -> AsyncIterator[rpb.WatchModelsResponse]:
+        names = set(request.names)
+        async for event in self._control.pool.events.subscribe():
+            if not names or event.model in names:
+                yield rpb.WatchModelsResponse(event=convert.event_to_pb(event))
+
     def _version(self, record: ModelVersionRecord) -> mpb.ModelVersion:
         state, error, active = self._control.view(record)
         return convert.version_to_pb(record, state, error, active)
 
-    def _model(self, record: ModelRecord) -> mpb.Model:
-        return convert.model_to_pb(record, [self._version(v) for v in record.versions])
+    async def _model(self, record: ModelRecord) -> mpb.Model:
+        aliases, policy = await asyncio.to_thread(self._rollout, record.name)
+        versions = [self._version(v) for v in record.versions]
+        return convert.model_to_pb(record, versions, aliases, policy, self._core.shadows.get(record.name))
+
+    def _rollout(self, name: str) -> tuple[list[AliasRecord], TrafficPolicy | None]:
+        return self._registry.aliases(name), self._registry.traffic_policy(name)
+
+
+def _actor(context: Context) -> str:
+    """Who made a change, for the audit log: the caller's peer address."""
+    return str(context.peer())
 
 
 async def _chunks(requests: AsyncIterator[rpb.RegisterModelRequest]) -> AsyncIterator[bytes]:

@@ -33,7 +33,10 @@ class PredictRequest(_message.Message):
     TIMEOUT_US_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.str
-    """Version selector: a number pins a version; empty serves the latest ready one."""
+    """Version selector: a number pins a version, a name follows that alias, and
+    empty follows the model's traffic policy, else the alias "production", else
+    the latest version ready on the server.
+    """
     routing_key: _builtins.str
     """Requests with the same key are routed alike."""
     priority: _builtins.int

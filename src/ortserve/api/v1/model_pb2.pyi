@@ -318,12 +318,25 @@ class Model(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    TRAFFIC_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]: ...
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedCompositeFieldContainer[Global___Alias]: ...
+    @_builtins.property
+    def traffic(self) -> Global___TrafficPolicy:
+        """Absent when the model has none."""
+
+    @_builtins.property
+    def shadow(self) -> Global___ShadowReport:
+        """Shadow comparison as seen by the server that answers; absent without a shadow."""
+
     def __init__(
         self,
         *,
@@ -331,11 +344,226 @@ class Model(_message.Message):
         description: _builtins.str = ...,
         versions: _abc.Iterable[Global___ModelVersion] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        aliases: _abc.Iterable[Global___Alias] | None = ...,
+        traffic: Global___TrafficPolicy | None = ...,
+        shadow: Global___ShadowReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "shadow", b"shadow", "traffic", b"traffic"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "name", b"name", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "create_time", b"create_time", "description", b"description", "name", b"name", "shadow", b"shadow", "traffic", b"traffic", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class Alias(_message.Message):
+    """A name that follows one version, e.g. "production"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    previous_version: _builtins.int
+    """What the alias pointed to before its last change (0: nothing); Rollback returns to it."""
+    updated_by: _builtins.str
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        previous_version: _builtins.int = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        updated_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "previous_version", b"previous_version", "update_time", b"update_time", "updated_by", b"updated_by", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Alias: _TypeAlias = Alias  # noqa: Y015
+
+@_typing.final
+class TrafficEntry(_message.Message):
+    """A share of traffic for a version number ("3") or an alias name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    weight: _builtins.int
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        weight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["target", b"target", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrafficEntry: _TypeAlias = TrafficEntry  # noqa: Y015
+
+@_typing.final
+class TrafficPolicy(_message.Message):
+    """How requests without a version selector are spread over versions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    STICKY_FIELD_NUMBER: _builtins.int
+    SHADOW_TARGET_FIELD_NUMBER: _builtins.int
+    SHADOW_SHARE_FIELD_NUMBER: _builtins.int
+    sticky: _builtins.bool
+    """Requests with the same routing key stay on the same version while the weights are unchanged."""
+    shadow_target: _builtins.str
+    """Version number or alias that receives a copy of `shadow_share` of the requests."""
+    shadow_share: _builtins.float
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrafficEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___TrafficEntry] | None = ...,
+        sticky: _builtins.bool = ...,
+        shadow_target: _builtins.str = ...,
+        shadow_share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "shadow_share", b"shadow_share", "shadow_target", b"shadow_target", "sticky", b"sticky"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrafficPolicy: _TypeAlias = TrafficPolicy  # noqa: Y015
+
+@_typing.final
+class ShadowReport(_message.Message):
+    """How a shadow version's answers compare with the served ones (never returned to callers)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHADOW_VERSION_FIELD_NUMBER: _builtins.int
+    COMPARED_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
+    ARGMAX_AGREEMENT_FIELD_NUMBER: _builtins.int
+    shadow_version: _builtins.int
+    compared: _builtins.int
+    errors: _builtins.int
+    max_abs_diff: _builtins.float
+    """Largest absolute difference over all compared outputs."""
+    argmax_agreement: _builtins.float
+    """Fraction of rows whose argmax (last axis of the first output) agrees."""
+    def __init__(
+        self,
+        *,
+        shadow_version: _builtins.int = ...,
+        compared: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        max_abs_diff: _builtins.float = ...,
+        argmax_agreement: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argmax_agreement", b"argmax_agreement", "compared", b"compared", "errors", b"errors", "max_abs_diff", b"max_abs_diff", "shadow_version", b"shadow_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowReport: _TypeAlias = ShadowReport  # noqa: Y015
+
+@_typing.final
+class AuditEvent(_message.Message):
+    """One registry change, as recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    actor: _builtins.str
+    action: _builtins.str
+    model: _builtins.str
+    version: _builtins.int
+    before: _builtins.str
+    """JSON documents of the state before and after the change."""
+    after: _builtins.str
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        before: _builtins.str = ...,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "after", b"after", "before", b"before", "id", b"id", "model", b"model", "time", b"time", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
+
+@_typing.final
+class ModelEvent(_message.Message):
+    """A registry change or a load event on the server that streams it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """E.g. "registered", "loading", "ready", "failed", "unloaded", "retired", "alias", "traffic"."""
+    model: _builtins.str
+    version: _builtins.int
+    state: Global___VersionState.ValueType
+    detail: _builtins.str
+    revision: _builtins.int
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        state: Global___VersionState.ValueType = ...,
+        detail: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "kind", b"kind", "model", b"model", "revision", b"revision", "state", b"state", "time", b"time", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelEvent: _TypeAlias = ModelEvent  # noqa: Y015

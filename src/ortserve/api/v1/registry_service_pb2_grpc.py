@@ -70,6 +70,46 @@ class RegistryServiceStub:
                 request_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.UnloadModelVersionRequest.SerializeToString,
                 response_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.UnloadModelVersionResponse.FromString,
                 _registered_method=True)
+        self.SetAlias = channel.unary_unary(
+                '/ortserve.api.v1.RegistryService/SetAlias',
+                request_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetAliasRequest.SerializeToString,
+                response_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetAliasResponse.FromString,
+                _registered_method=True)
+        self.DeleteAlias = channel.unary_unary(
+                '/ortserve.api.v1.RegistryService/DeleteAlias',
+                request_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.DeleteAliasRequest.SerializeToString,
+                response_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.DeleteAliasResponse.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/ortserve.api.v1.RegistryService/Rollback',
+                request_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.RollbackResponse.FromString,
+                _registered_method=True)
+        self.SetTrafficPolicy = channel.unary_unary(
+                '/ortserve.api.v1.RegistryService/SetTrafficPolicy',
+                request_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetTrafficPolicyRequest.SerializeToString,
+                response_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetTrafficPolicyResponse.FromString,
+                _registered_method=True)
+        self.SetShadow = channel.unary_unary(
+                '/ortserve.api.v1.RegistryService/SetShadow',
+                request_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetShadowRequest.SerializeToString,
+                response_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetShadowResponse.FromString,
+                _registered_method=True)
+        self.RetireModelVersion = channel.unary_unary(
+                '/ortserve.api.v1.RegistryService/RetireModelVersion',
+                request_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.RetireModelVersionRequest.SerializeToString,
+                response_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.RetireModelVersionResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/ortserve.api.v1.RegistryService/ListAuditEvents',
+                request_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
+        self.WatchModels = channel.unary_stream(
+                '/ortserve.api.v1.RegistryService/WatchModels',
+                request_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.WatchModelsRequest.SerializeToString,
+                response_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.WatchModelsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -121,6 +161,60 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAlias(self, request, context):
+        """Point an alias at a version (promote: the alias "production").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlias(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Point an alias back at the version it followed before its last change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTrafficPolicy(self, request, context):
+        """Weighted (optionally sticky) traffic over versions and aliases.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetShadow(self, request, context):
+        """Copy a share of requests to a version and compare its answers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireModelVersion(self, request, context):
+        """Retire a version no alias or policy uses; it is unloaded everywhere.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchModels(self, request, context):
+        """Registry changes and load events as they happen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +252,46 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.UnloadModelVersion,
                     request_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.UnloadModelVersionRequest.FromString,
                     response_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.UnloadModelVersionResponse.SerializeToString,
+            ),
+            'SetAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAlias,
+                    request_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetAliasRequest.FromString,
+                    response_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetAliasResponse.SerializeToString,
+            ),
+            'DeleteAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlias,
+                    request_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.DeleteAliasRequest.FromString,
+                    response_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.DeleteAliasResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.RollbackRequest.FromString,
+                    response_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.RollbackResponse.SerializeToString,
+            ),
+            'SetTrafficPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTrafficPolicy,
+                    request_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetTrafficPolicyRequest.FromString,
+                    response_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetTrafficPolicyResponse.SerializeToString,
+            ),
+            'SetShadow': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetShadow,
+                    request_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetShadowRequest.FromString,
+                    response_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetShadowResponse.SerializeToString,
+            ),
+            'RetireModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireModelVersion,
+                    request_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.RetireModelVersionRequest.FromString,
+                    response_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.RetireModelVersionResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'WatchModels': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchModels,
+                    request_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.WatchModelsRequest.FromString,
+                    response_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.WatchModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +484,222 @@ class RegistryService:
             '/ortserve.api.v1.RegistryService/UnloadModelVersion',
             ortserve_dot_api_dot_v1_dot_registry__service__pb2.UnloadModelVersionRequest.SerializeToString,
             ortserve_dot_api_dot_v1_dot_registry__service__pb2.UnloadModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ortserve.api.v1.RegistryService/SetAlias',
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetAliasRequest.SerializeToString,
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ortserve.api.v1.RegistryService/DeleteAlias',
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.DeleteAliasRequest.SerializeToString,
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.DeleteAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ortserve.api.v1.RegistryService/Rollback',
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.RollbackRequest.SerializeToString,
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.RollbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTrafficPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ortserve.api.v1.RegistryService/SetTrafficPolicy',
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetTrafficPolicyRequest.SerializeToString,
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetTrafficPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetShadow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ortserve.api.v1.RegistryService/SetShadow',
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetShadowRequest.SerializeToString,
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.SetShadowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ortserve.api.v1.RegistryService/RetireModelVersion',
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.RetireModelVersionRequest.SerializeToString,
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.RetireModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ortserve.api.v1.RegistryService/ListAuditEvents',
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.ListAuditEventsRequest.SerializeToString,
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ortserve.api.v1.RegistryService/WatchModels',
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.WatchModelsRequest.SerializeToString,
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.WatchModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,20 @@ class RegistryServiceStub:
     """Load a version on this server (and warm it up) so it takes traffic."""
     UnloadModelVersion: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.UnloadModelVersionRequest, _registry_service_pb2.UnloadModelVersionResponse]
     """Drain and unload a version from this server."""
+    SetAlias: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.SetAliasRequest, _registry_service_pb2.SetAliasResponse]
+    """Point an alias at a version (promote: the alias "production")."""
+    DeleteAlias: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteAliasRequest, _registry_service_pb2.DeleteAliasResponse]
+    Rollback: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.RollbackRequest, _registry_service_pb2.RollbackResponse]
+    """Point an alias back at the version it followed before its last change."""
+    SetTrafficPolicy: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.SetTrafficPolicyRequest, _registry_service_pb2.SetTrafficPolicyResponse]
+    """Weighted (optionally sticky) traffic over versions and aliases."""
+    SetShadow: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.SetShadowRequest, _registry_service_pb2.SetShadowResponse]
+    """Copy a share of requests to a version and compare its answers."""
+    RetireModelVersion: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.RetireModelVersionRequest, _registry_service_pb2.RetireModelVersionResponse]
+    """Retire a version no alias or policy uses; it is unloaded everywhere."""
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListAuditEventsRequest, _registry_service_pb2.ListAuditEventsResponse]
+    WatchModels: _grpc.UnaryStreamMultiCallable[_registry_service_pb2.WatchModelsRequest, _registry_service_pb2.WatchModelsResponse]
+    """Registry changes and load events as they happen."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -59,6 +73,20 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Load a version on this server (and warm it up) so it takes traffic."""
     UnloadModelVersion: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.UnloadModelVersionRequest, _registry_service_pb2.UnloadModelVersionResponse]  # type: ignore[assignment]
     """Drain and unload a version from this server."""
+    SetAlias: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.SetAliasRequest, _registry_service_pb2.SetAliasResponse]  # type: ignore[assignment]
+    """Point an alias at a version (promote: the alias "production")."""
+    DeleteAlias: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.DeleteAliasRequest, _registry_service_pb2.DeleteAliasResponse]  # type: ignore[assignment]
+    Rollback: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.RollbackRequest, _registry_service_pb2.RollbackResponse]  # type: ignore[assignment]
+    """Point an alias back at the version it followed before its last change."""
+    SetTrafficPolicy: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.SetTrafficPolicyRequest, _registry_service_pb2.SetTrafficPolicyResponse]  # type: ignore[assignment]
+    """Weighted (optionally sticky) traffic over versions and aliases."""
+    SetShadow: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.SetShadowRequest, _registry_service_pb2.SetShadowResponse]  # type: ignore[assignment]
+    """Copy a share of requests to a version and compare its answers."""
+    RetireModelVersion: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.RetireModelVersionRequest, _registry_service_pb2.RetireModelVersionResponse]  # type: ignore[assignment]
+    """Retire a version no alias or policy uses; it is unloaded everywhere."""
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListAuditEventsRequest, _registry_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    WatchModels: _aio.UnaryStreamMultiCallable[_registry_service_pb2.WatchModelsRequest, _registry_service_pb2.WatchModelsResponse]  # type: ignore[assignment]
+    """Registry changes and load events as they happen."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Registers, lists and loads models and their versions."""
@@ -114,5 +142,67 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.UnloadModelVersionResponse, _abc.Awaitable[_registry_service_pb2.UnloadModelVersionResponse]]:
         """Drain and unload a version from this server."""
+
+    @_abc_1.abstractmethod
+    def SetAlias(
+        self,
+        request: _registry_service_pb2.SetAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.SetAliasResponse, _abc.Awaitable[_registry_service_pb2.SetAliasResponse]]:
+        """Point an alias at a version (promote: the alias "production")."""
+
+    @_abc_1.abstractmethod
+    def DeleteAlias(
+        self,
+        request: _registry_service_pb2.DeleteAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.DeleteAliasResponse, _abc.Awaitable[_registry_service_pb2.DeleteAliasResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Rollback(
+        self,
+        request: _registry_service_pb2.RollbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.RollbackResponse, _abc.Awaitable[_registry_service_pb2.RollbackResponse]]:
+        """Point an alias back at the version it followed before its last change."""
+
+    @_abc_1.abstractmethod
+    def SetTrafficPolicy(
+        self,
+        request: _registry_service_pb2.SetTrafficPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.SetTrafficPolicyResponse, _abc.Awaitable[_registry_service_pb2.SetTrafficPolicyResponse]]:
+        """Weighted (optionally sticky) traffic over versions and aliases."""
+
+    @_abc_1.abstractmethod
+    def SetShadow(
+        self,
+        request: _registry_service_pb2.SetShadowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.SetShadowResponse, _abc.Awaitable[_registry_service_pb2.SetShadowResponse]]:
+        """Copy a share of requests to a version and compare its answers."""
+
+    @_abc_1.abstractmethod
+    def RetireModelVersion(
+        self,
+        request: _registry_service_pb2.RetireModelVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.RetireModelVersionResponse, _abc.Awaitable[_registry_service_pb2.RetireModelVersionResponse]]:
+        """Retire a version no alias or policy uses; it is unloaded everywhere."""
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _registry_service_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.ListAuditEventsResponse, _abc.Awaitable[_registry_service_pb2.ListAuditEventsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WatchModels(
+        self,
+        request: _registry_service_pb2.WatchModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_service_pb2.WatchModelsResponse], _abc.AsyncIterator[_registry_service_pb2.WatchModelsResponse]]:
+        """Registry changes and load events as they happen."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
