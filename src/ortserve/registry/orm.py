@@ -82,3 +82,35 @@ class AuditEvent(Base):
     version: Mapped[int | None]
     before: Mapped[JsonDict | None]
     after: Mapped[JsonDict | None]
+
+
+class Alias(Base):
+    """A named pointer to one version of a model (`production`, `canary`, ...)."""
+
+    __tablename__ = "aliases"
+    __table_args__ = (sa.UniqueConstraint("model_id", "name", name="uq_aliases_model_name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    model_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("models.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.String(64))
+    version: Mapped[int]
+    # What the alias pointed to before its last change; a rollback returns to it.
+    previous_version: Mapped[int | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(sa.String(256), default="")
+
+
+class TrafficPolicyRow(Base):
+    """At most one per model: weighted entries [{target, weight}], stickiness and the shadow copy."""
+
+    __tablename__ = "traffic_policies"
+    __table_args__ = (sa.UniqueConstraint("model_id", name="uq_traffic_policies_model_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    model_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("models.id", ondelete="CASCADE"))
+    entries: Mapped[JsonList]
+    sticky: Mapped[bool] = mapped_column(default=False)
+    shadow_target: Mapped[str] = mapped_column(sa.String(64), default="")
+    shadow_share: Mapped[float] = mapped_column(sa.Double, default=0.0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(sa.String(256), default="")

@@ -128,7 +128,7 @@ def models(
 
 def model_record(row: Model, records: Sequence[ModelVersionRecord]) -> ModelRecord:
     return ModelRecord(
-        name=row.name, description=row.description, created_at=_utc(row.created_at), versions=tuple(records)
+        name=row.name, description=row.description, created_at=as_utc(row.created_at), versions=tuple(records)
     )
 
 
@@ -149,7 +149,7 @@ def version_record(row: ModelVersion, model: str, path_for: PathFor) -> ModelVer
         description=row.description,
         labels=_frozen(row.labels),
         created_by=row.created_by,
-        created_at=_utc(row.created_at),
+        created_at=as_utc(row.created_at),
         path=path_for(row.sha256),
     )
 
@@ -161,7 +161,7 @@ def audit_events(session: Session, model: str | None = None, limit: int = 100) -
         stmt = stmt.where(AuditEvent.model == model)
     return [
         AuditEventRecord(
-            at=_utc(e.at),
+            at=as_utc(e.at),
             actor=e.actor,
             action=e.action,
             model=e.model,
@@ -173,7 +173,7 @@ def audit_events(session: Session, model: str | None = None, limit: int = 100) -
     ]
 
 
-def _utc(at: datetime) -> datetime:
+def as_utc(at: datetime) -> datetime:
     """SQLite returns naive datetimes; every stored time is UTC."""
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 

@@ -15,19 +15,32 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ortserve.errors import Aborted, InvalidInput, NotFound, ResourceExhausted, Unavailable
+from ortserve.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from ortserve.registry import repository as repo
+from ortserve.registry import rollout
 from ortserve.registry.db import READ_ONLY
-from ortserve.registry.orm import ModelVersion, utcnow
+from ortserve.registry.orm import Alias, ModelVersion, TrafficPolicyRow, utcnow
 from ortserve.registry.paging import DEFAULT_PAGE_SIZE, decode_token, encode_token, page_size_of
 from ortserve.registry.records import (
+    PRODUCTION,
+    AliasRecord,
     AuditEventRecord,
     BatchingSettings,
     Manifest,
     ModelRecord,
     ModelVersionRecord,
     ProviderSpec,
+    RouteSnapshot,
     SessionSettings,
+    TrafficEntry,
+    TrafficPolicy,
     VersionState,
 )
 from ortserve.registry.store import ModelStore, Upload, hash_file
@@ -63,6 +76,12 @@ class Registry:
         self.store = store
         self.max_model_bytes = max_model_bytes
         self._reader = engine.execution_options(**{READ_ONLY: True})
+        # SQLite (WAL) keeps one snapshot per read transaction; PostgreSQL's READ COMMITTED does not.
+        self._snapshot_reader = (
+            self._reader.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            if engine.dialect.name == "postgresql"
+            else self._reader
+        )
         self._validate = validate
         self._limits = validation_limits or ValidationLimits(max_model_bytes=max_model_bytes)
 
@@ -168,28 +187,231 @@ class Registry:
     def set_state(
         self, name: str, version: int, state: VersionState, error: str = "", *, actor: str = ""
     ) -> ModelVersionRecord:
-        """Store REGISTERED, FAILED or RETIRED (with `error` for FAILED) on a version."""
+        """Store REGISTERED, FAILED or RETIRED (with `error` for FAILED) on a version.
+
+        RETIRED is refused while an alias or the traffic policy routes to the version (see `retire`).
+        """
         if state not in STORED_STATES:
             stored = ", ".join(s.value for s in STORED_STATES)
             raise InvalidInput(
                 f"state {state.value!r} is not stored in the registry; expected one of {stored}"
             )
         with self._session(write=True) as session:
-            row = self._version_row(session, name, version)
-            before = {"state": row.state, "error": row.error}
-            row.state, row.error = state.value, error
+            return self._change_state(session, name, version, state, error, actor=actor, action="set_state")
+
+    def _change_state(
+        self,
+        session: Session,
+        name: str,
+        version: int,
+        state: VersionState,
+        error: str,
+        *,
+        actor: str,
+        action: str,
+    ) -> ModelVersionRecord:
+        model = rollout.lock_model(session, name)
+        row = rollout.version_row(session, model, version)
+        if state is VersionState.RETIRED and row.state != VersionState.RETIRED.value:
+            used = rollout.references(session, model, version)
+            if used is not None:
+                raise FailedPrecondition(f"version {version} of model {name!r} is used {used}")
+        before = {"state": row.state, "error": row.error}
+        row.state, row.error = state.value, error
+        session.flush()
+        repo.add_audit(
+            session,
+            actor=actor,
+            action=action,
+            model=name,
+            version=version,
+            before=before,
+            after={"state": row.state, "error": row.error},
+        )
+        repo.bump_revision(session)
+        return repo.version_record(row, name, self._path_for)
+
+    # -- rollout --------------------------------------------------------------------------------
+
+    def set_alias(
+        self, model: str, alias: str, version: int, *, actor: str = "", action: str = "alias.set"
+    ) -> AliasRecord:
+        """Point `alias` of `model` at `version` (creating the alias); the old target becomes previous."""
+        rollout.check_alias_name(alias)
+        with self._session(write=True) as session:
+            row = rollout.lock_model(session, model)
+            rollout.live_version(session, row, version, f"the target of alias {alias!r}")
+            found = rollout.alias_row(session, row, alias)
+            before = rollout.alias_view(found)
+            if found is None:
+                found = Alias(model_id=row.id, name=alias, version=version, previous_version=None)
+                session.add(found)
+            elif found.version != version:
+                found.previous_version, found.version = found.version, version
+            found.updated_at, found.updated_by = utcnow(), actor
+            session.flush()
+            return self._alias_changed(session, found, model, before, actor=actor, action=action)
+
+    def promote(self, model: str, version: int, alias: str = PRODUCTION, *, actor: str = "") -> AliasRecord:
+        """`set_alias` recorded as a promotion."""
+        return self.set_alias(model, alias, version, actor=actor, action="promote")
+
+    def rollback(self, model: str, alias: str = PRODUCTION, *, actor: str = "") -> AliasRecord:
+        """Point `alias` back at its previous version; the version left becomes the previous one."""
+        rollout.check_alias_name(alias)
+        with self._session(write=True) as session:
+            row = rollout.lock_model(session, model)
+            found = rollout.existing_alias(session, row, alias)
+            if found.previous_version is None:
+                raise FailedPrecondition(
+                    f"alias {alias!r} of model {model!r} has no previous version to roll back to"
+                )
+            target = found.previous_version
+            rollout.live_version(session, row, target, f"rolled back to by alias {alias!r}")
+            before = rollout.alias_view(found)
+            found.previous_version, found.version = found.version, target
+            found.updated_at, found.updated_by = utcnow(), actor
+            session.flush()
+            return self._alias_changed(session, found, model, before, actor=actor, action="rollback")
+
+    def delete_alias(self, model: str, alias: str, *, actor: str = "") -> None:
+        """Remove `alias`; refused while the model's traffic policy routes to it."""
+        rollout.check_alias_name(alias)
+        with self._session(write=True) as session:
+            row = rollout.lock_model(session, model)
+            found = rollout.existing_alias(session, row, alias)
+            used = rollout.alias_references(session, row, alias)
+            if used is not None:
+                raise FailedPrecondition(
+                    f"alias {alias!r} of model {model!r} is used {used}; "
+                    "change the policy before deleting the alias"
+                )
+            before = rollout.alias_view(found)
+            session.delete(found)
             session.flush()
             repo.add_audit(
                 session,
                 actor=actor,
-                action="set_state",
-                model=name,
-                version=version,
+                action="alias.delete",
+                model=model,
+                version=found.version,
                 before=before,
-                after={"state": row.state, "error": row.error},
+                after=None,
             )
             repo.bump_revision(session)
-            return repo.version_record(row, name, self._path_for)
+
+    def set_traffic(
+        self, model: str, entries: Sequence[TrafficEntry], *, sticky: bool = False, actor: str = ""
+    ) -> TrafficPolicy:
+        """Replace the weighted part of the model's policy; no entries removes it (the shadow stays).
+
+        A target is a version number ("3", existing and not retired) or an existing alias name.
+        """
+        with self._session(write=True) as session:
+            row = rollout.lock_model(session, model)
+            stored = rollout.check_entries(session, row, entries)
+            policy = rollout.policy_row(session, row)
+            before = rollout.policy_view(policy)
+            if policy is None:
+                policy = TrafficPolicyRow(model_id=row.id, shadow_target="", shadow_share=0.0)
+                session.add(policy)
+            policy.entries, policy.sticky = stored, bool(sticky) and bool(stored)
+            return self._policy_changed(session, policy, model, before, actor=actor, action="traffic.set")
+
+    def set_shadow(self, model: str, target: str, share: float, *, actor: str = "") -> TrafficPolicy:
+        """Copy `share` (0 < share <= 1) of the model's requests to `target`; "" or 0 clears it."""
+        with self._session(write=True) as session:
+            row = rollout.lock_model(session, model)
+            share = rollout.check_share(row, share)
+            if target and share > 0:
+                target = rollout.resolve_target(session, row, target, "shadow target")
+            else:
+                target, share = "", 0.0
+            policy = rollout.policy_row(session, row)
+            before = rollout.policy_view(policy)
+            if policy is None:
+                policy = TrafficPolicyRow(model_id=row.id, entries=[], sticky=False)
+                session.add(policy)
+            policy.shadow_target, policy.shadow_share = target, share
+            return self._policy_changed(session, policy, model, before, actor=actor, action="shadow.set")
+
+    def retire(self, model: str, version: int, *, actor: str = "") -> ModelVersionRecord:
+        """Mark a version RETIRED; refused while an alias or the traffic policy routes to it."""
+        with self._session(write=True) as session:
+            return self._change_state(
+                session, model, version, VersionState.RETIRED, "", actor=actor, action="retire"
+            )
+
+    def aliases(self, model: str) -> list[AliasRecord]:
+        """The model's aliases by name."""
+        with self._session() as session:
+            row = rollout.find_model(session, model)
+            return [rollout.alias_record(a, model) for a in rollout.alias_rows(session, row)]
+
+    def get_alias(self, model: str, alias: str) -> AliasRecord:
+        rollout.check_alias_name(alias)
+        with self._session() as session:
+            row = rollout.find_model(session, model)
+            return rollout.alias_record(rollout.existing_alias(session, row, alias), model)
+
+    def traffic_policy(self, model: str) -> TrafficPolicy | None:
+        """The model's policy, None when it has none."""
+        with self._session() as session:
+            row = rollout.find_model(session, model)
+            policy = rollout.policy_row(session, row)
+            return None if policy is None else rollout.policy_record(policy, model)
+
+    def routes(self) -> RouteSnapshot:
+        """Revision, aliases and policies of every model, read in one snapshot transaction."""
+        with self._session(snapshot=True) as session:
+            return rollout.routes(session)
+
+    def _alias_changed(
+        self,
+        session: Session,
+        row: Alias,
+        model: str,
+        before: dict[str, Any] | None,
+        *,
+        actor: str,
+        action: str,
+    ) -> AliasRecord:
+        repo.add_audit(
+            session,
+            actor=actor,
+            action=action,
+            model=model,
+            version=row.version,
+            before=before,
+            after=rollout.alias_view(row),
+        )
+        repo.bump_revision(session)
+        return rollout.alias_record(row, model)
+
+    def _policy_changed(
+        self,
+        session: Session,
+        row: TrafficPolicyRow,
+        model: str,
+        before: dict[str, Any] | None,
+        *,
+        actor: str,
+        action: str,
+    ) -> TrafficPolicy:
+        """Store (or delete, when it routes nothing) the policy; audit and bump the revision."""
+        row.updated_at, row.updated_by = utcnow(), actor
+        after = None if rollout.is_empty(row) else rollout.policy_view(row)
+        if after is None:
+            if row in session.new:
+                session.expunge(row)
+            else:
+                session.delete(row)
+        session.flush()
+        repo.add_audit(
+            session, actor=actor, action=action, model=model, version=None, before=before, after=after
+        )
+        repo.bump_revision(session)
+        return rollout.policy_record(row, model)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -261,9 +483,12 @@ class Registry:
         return row
 
     @contextmanager
-    def _session(self, *, write: bool = False) -> Iterator[Session]:
-        """A session in one transaction, committed on success; database errors become domain errors."""
-        bind = self.engine if write else self._reader
+    def _session(self, *, write: bool = False, snapshot: bool = False) -> Iterator[Session]:
+        """A session in one transaction, committed on success; database errors become domain errors.
+
+        `snapshot`: a read-only transaction whose statements all see one state of the database.
+        """
+        bind = self.engine if write else self._snapshot_reader if snapshot else self._reader
         try:
             with Session(bind, expire_on_commit=False) as session, session.begin():
                 yield session
