@@ -155,3 +155,15 @@ def gather(path: Path | None = None, width: int = 4, picks: int | str = 1) -> by
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", picks])],
     )
     return _save(_model(graph), path)
+
+
+def fails_at_run(path: Path | None = None) -> bytes:
+    """Valid and loadable, but every run fails: Reshape of [N, 3] to a fixed [7] (the warm-up fails)."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "fails",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [7])],
+        [numpy_helper.from_array(np.array([7], dtype=np.int64), "shape")],
+    )
+    return _save(_model(graph), path)
