@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the example clients under clients/ need, idempotently:
 #   - C++: Debian's gRPC/protobuf dev packages, protoc + grpc_cpp_plugin, cmake, g++, pkg-config
+#   - Go: Debian's Go 1.19, grpc-go and protobuf-go sources (GOPATH mode, offline), protoc plugins
+#   - Java: a JDK, Debian's grpc-java jars and grpc_java_plugin (no Maven/Gradle)
 #   - Node: the npm dependencies of clients/node (npm ci from the committed lock file)
 # Meant for Debian 12 (bookworm), run as root (or with sudo available), non-interactively.
 set -euo pipefail
@@ -17,6 +19,21 @@ apt_packages=(
   cmake
   g++
   pkg-config
+  # Go (clients/go/build.sh)
+  golang-go
+  golang-google-grpc-dev
+  golang-google-protobuf-dev
+  protoc-gen-go
+  protoc-gen-go-grpc
+  # Java (clients/java/build.sh)
+  default-jdk-headless
+  libgrpc-java
+  protobuf-compiler-grpc-java-plugin
+  libprotobuf-java
+  libnetty-java
+  libgoogle-gson-java
+  libperfmark-java
+  libguava-java
 )
 
 if [ "$(id -u)" -eq 0 ]; then

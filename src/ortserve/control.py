@@ -55,7 +55,7 @@ class ControlPlane:
 
     async def start(self) -> None:
         await self.refresh()
-        await self._settle()
+        await self.settle()
         self._poller = asyncio.create_task(self._poll(), name="registry-poll")
 
     async def aclose(self) -> None:
@@ -110,7 +110,7 @@ class ControlPlane:
                 self._loads.add(task)
                 task.add_done_callback(self._loads.discard)
 
-    async def _settle(self) -> None:
+    async def settle(self) -> None:
         """Wait for the loads a refresh started (at start-up, and in tests)."""
         while self._loads:
             await asyncio.gather(*list(self._loads), return_exceptions=True)
@@ -172,13 +172,13 @@ class ControlPlane:
             self.registry.set_traffic, model, entries, sticky=sticky, actor=actor
         )
         await self.refresh()
-        await self._settle()
+        await self.settle()
         return policy
 
     async def set_shadow(self, model: str, target: str, share: float, actor: str) -> TrafficPolicy:
         policy = await asyncio.to_thread(self.registry.set_shadow, model, target, share, actor=actor)
         await self.refresh()
-        await self._settle()
+        await self.settle()
         return policy
 
     async def retire(self, model: str, version: int, actor: str) -> ModelVersionRecord:
@@ -189,7 +189,7 @@ class ControlPlane:
     async def _converged(self, model: str, version: int) -> None:
         """After an alias change: refresh, and wait until its target is warm here (or failed)."""
         await self.refresh()
-        await self._settle()
+        await self.settle()
         slot = self.pool.slot(model, version)
         if slot.state is VersionState.FAILED:
             raise FailedPrecondition(

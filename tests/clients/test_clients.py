@@ -1,4 +1,4 @@
-"""End-to-end checks of the example clients in clients/ (Node/TypeScript and C++).
+"""End-to-end checks of the example clients in clients/ (Node/TypeScript, C++, Go and Java).
 
 Each client is built, a real `ortserve serve` is started as a subprocess, the `linear`
 test model is registered with `ortserve models register`, and the client's unary and
@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 NODE_DIR = REPO / "clients" / "node"
 CPP_DIR = REPO / "clients" / "cpp"
 CPP_BUILD_DIR = CPP_DIR / "build"
+GO_DIR = REPO / "clients" / "go"
+JAVA_DIR = REPO / "clients" / "java"
 
 MODEL_NAME = "linear"
 SERVER_START_TIMEOUT_S = 60.0
@@ -90,10 +92,35 @@ def _build_cpp() -> list[str]:
     return [str(CPP_BUILD_DIR / "ortserve_example")]
 
 
-@pytest.fixture(scope="module", params=["node", "cpp"])
+def _build_go() -> list[str]:
+    _require_tools("Go", ["go", "protoc", "protoc-gen-go", "protoc-gen-go-grpc"])
+    if not Path("/usr/share/gocode/src/google.golang.org/grpc").is_dir():
+        pytest.skip(
+            "Go client toolchain missing: Debian's golang-google-grpc-dev and golang-google-protobuf-dev "
+            "under /usr/share/gocode (run scripts/install_client_toolchains.sh)"
+        )
+    _run(["bash", str(GO_DIR / "build.sh")], GO_DIR, BUILD_TIMEOUT_S, "Go build")
+    return [str(GO_DIR / "build" / "ortserve_example")]
+
+
+def _build_java() -> list[str]:
+    _require_tools("Java", ["java", "javac", "protoc", "grpc_java_plugin"])
+    if not Path("/usr/share/java/grpc-netty.jar").is_file():
+        pytest.skip(
+            "Java client toolchain missing: Debian's libgrpc-java and friends under /usr/share/java "
+            "(run scripts/install_client_toolchains.sh)"
+        )
+    _run(["bash", str(JAVA_DIR / "build.sh")], JAVA_DIR, BUILD_TIMEOUT_S, "Java build")
+    return [str(JAVA_DIR / "build" / "ortserve_example")]
+
+
+BUILDERS = {"node": _build_node, "cpp": _build_cpp, "go": _build_go, "java": _build_java}
+
+
+@pytest.fixture(scope="module", params=list(BUILDERS))
 def client_cmd(request: pytest.FixtureRequest) -> list[str]:
     """The command (without arguments) of one built example client."""
-    return _build_node() if request.param == "node" else _build_cpp()
+    return BUILDERS[request.param]()
 
 
 class Server:

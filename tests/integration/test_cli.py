@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from tests import onnx_models
-
-STARTUP_S = 60
+from tests.integration.processes import start_server
 
 
 def ortserve(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -31,41 +28,9 @@ def ortserve(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    port_file = tmp_path / "port"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ortserve",
-            "serve",
-            "--examples",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--port-file",
-            str(port_file),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + STARTUP_S
-    while not port_file.exists():
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            pytest.fail(f"server did not start:\n{server.stdout.read() if server.stdout else ''}")
-        time.sleep(0.1)
-    yield f"127.0.0.1:{port_file.read_text()}", tmp_path
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        pytest.fail("server did not stop within 20 s of SIGTERM")
-    assert server.returncode == 0
+    server = start_server(tmp_path, "cli", "--examples", "--data-dir", str(tmp_path / "data"))
+    yield server.address, tmp_path
+    assert server.stop() == 0, server.output()
 
 
 def test_examples_register_predict_and_show(served: tuple[str, Path]) -> None:

@@ -31,6 +31,7 @@ async def register(running: Running, tmp_path: Path, name: str, build: object, *
     build(path, **kwargs)  # type: ignore[operator]
     record = await asyncio.to_thread(running.server.parts.control.registry.register_file, path, name)
     await running.server.parts.control.refresh()
+    await running.server.parts.control.settle()
     return record.version
 
 
@@ -54,7 +55,7 @@ class Answer:
 
 
 def allowed_at(changes: list[Change], start: float, end: float) -> set[int]:
-    """Versions a response may come from: any policy in force during [start, end], switch instants included."""
+    """Versions a response may come from: any policy in force during [start, end] (switches included)."""
     allowed: set[int] = set()
     for i, change in enumerate(changes):
         until = changes[i + 1].done if i + 1 < len(changes) else float("inf")
@@ -63,69 +64,88 @@ def allowed_at(changes: list[Change], start: float, end: float) -> set[int]:
     return allowed
 
 
+class Load:
+    """CALLERS concurrent callers with routing keys, recording every answer and failure."""
+
+    def __init__(self, running: Running) -> None:
+        self.running = running
+        self.answers: list[Answer] = []
+        self.failures: list[str] = []
+        self.changes: list[Change] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, initial: set[int]) -> None:
+        self.changes.append(Change(0.0, 0.0, initial))
+        self._tasks = [asyncio.create_task(self._caller(i)) for i in range(CALLERS)]
+
+    async def _caller(self, index: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            key = f"user-{index}-{n % 5}"
+            started = time.monotonic()
+            try:
+                response = await self.running.inference.Predict(predict("fraud", key), timeout=10)
+                self.answers.append(Answer(started, time.monotonic(), key, response.model_version))
+            except aio.AioRpcError as exc:
+                self.failures.append(f"{exc.code().name}: {exc.details()}")
+            n += 1
+
+    async def change(self, make_call: Callable[[], Awaitable[object]], allowed: set[int]) -> None:
+        """After a phase of load, make one change (an aio call starts when created: create it now)."""
+        await asyncio.sleep(PHASE_S)
+        started = time.monotonic()
+        await make_call()
+        self.changes.append(Change(started, time.monotonic(), allowed))
+
+    async def stop(self) -> None:
+        await asyncio.sleep(PHASE_S)
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    def wrong(self) -> list[Answer]:
+        return [a for a in self.answers if a.version not in allowed_at(self.changes, a.started, a.done)]
+
+    def versions_by_key(self, start: float, end: float) -> dict[str, set[int]]:
+        by_key: dict[str, set[int]] = {}
+        for a in self.answers:
+            if start < a.started and a.done < end:
+                by_key.setdefault(a.key, set()).add(a.version)
+        return by_key
+
+
+def split(weights: dict[int, int]) -> rpb.SetTrafficPolicyRequest:
+    entries = [mpb.TrafficEntry(target=str(v), weight=w) for v, w in weights.items()]
+    return rpb.SetTrafficPolicyRequest(name="fraud", entries=entries, sticky=True)
+
+
 async def test_promote_split_and_rollback_under_load_fail_nothing(running: Running, tmp_path: Path) -> None:
     reg = running.registry
     v1 = await register(running, tmp_path, "fraud", onnx_models.linear, seed=1)
     v2 = await register(running, tmp_path, "fraud", onnx_models.linear, seed=2)
     await reg.SetAlias(rpb.SetAliasRequest(name="fraud", alias="production", version=v1))
-    changes = [Change(0.0, 0.0, {v1})]
-    answers: list[Answer] = []
-    failures: list[str] = []
-    stop = asyncio.Event()
-
-    async def caller(index: int) -> None:
-        n = 0
-        while not stop.is_set():
-            key = f"user-{index}-{n % 5}"
-            started = time.monotonic()
-            try:
-                response = await running.inference.Predict(predict("fraud", key), timeout=10)
-                answers.append(Answer(started, time.monotonic(), key, response.model_version))
-            except aio.AioRpcError as exc:
-                failures.append(f"{exc.code().name}: {exc.details()}")
-            n += 1
-
-    async def change(make_call: Callable[[], Awaitable[object]], allowed: set[int]) -> None:
-        await asyncio.sleep(PHASE_S)
-        started = time.monotonic()
-        await make_call()  # an aio call starts when created, so create it only now
-        changes.append(Change(started, time.monotonic(), allowed))
-
-    callers = [asyncio.create_task(caller(i)) for i in range(CALLERS)]
-    await change(lambda: reg.SetAlias(rpb.SetAliasRequest(name="fraud", alias="production", version=v2)), {v2})
-    sticky_from = len(answers)
-    split = [mpb.TrafficEntry(target=str(v1), weight=90), mpb.TrafficEntry(target=str(v2), weight=10)]
-    await change(
-        lambda: reg.SetTrafficPolicy(rpb.SetTrafficPolicyRequest(name="fraud", entries=split, sticky=True)), {v1, v2}
+    load = Load(running)
+    load.start({v1})
+    await load.change(
+        lambda: reg.SetAlias(rpb.SetAliasRequest(name="fraud", alias="production", version=v2)), {v2}
     )
-    sticky_window = (changes[-1].done, None)
-    moved = [mpb.TrafficEntry(target=str(v1), weight=0), mpb.TrafficEntry(target=str(v2), weight=100)]
-    await change(
-        lambda: reg.SetTrafficPolicy(rpb.SetTrafficPolicyRequest(name="fraud", entries=moved, sticky=True)), {v2}
-    )
-    sticky_window = (sticky_window[0], changes[-1].started)
-    await change(lambda: reg.SetTrafficPolicy(rpb.SetTrafficPolicyRequest(name="fraud")), {v2})
-    await change(lambda: reg.Rollback(rpb.RollbackRequest(name="fraud")), {v1})
-    await asyncio.sleep(PHASE_S)
-    stop.set()
-    await asyncio.gather(*callers)
+    await load.change(lambda: reg.SetTrafficPolicy(split({v1: 90, v2: 10})), {v1, v2})
+    await load.change(lambda: reg.SetTrafficPolicy(split({v1: 0, v2: 100})), {v2})
+    await load.change(lambda: reg.SetTrafficPolicy(rpb.SetTrafficPolicyRequest(name="fraud")), {v2})
+    await load.change(lambda: reg.Rollback(rpb.RollbackRequest(name="fraud")), {v1})
+    await load.stop()
 
-    assert failures == []
-    assert len(answers) > 1000 and sticky_from > 0
-    wrong = [a for a in answers if a.version not in allowed_at(changes, a.started, a.done)]
-    assert wrong == [], (changes, wrong[:3], len(wrong))
-    assert {a.version for a in answers if a.started > changes[-1].done} == {v1}
-    in_split = [a for a in answers if a.started > sticky_window[0] and a.done < sticky_window[1]]
-    by_key: dict[str, set[int]] = {}
-    for a in in_split:
-        by_key.setdefault(a.key, set()).add(a.version)
-    assert in_split and all(len(v) == 1 for v in by_key.values())
-    assert {v for versions in by_key.values() for v in versions} == {v1, v2}
+    assert load.failures == []
+    assert len(load.answers) > 1000
+    assert load.wrong() == []
+    assert {a.version for a in load.answers if a.started > load.changes[-1].done} == {v1}
+    in_split = load.versions_by_key(load.changes[2].done, load.changes[3].started)
+    assert in_split and all(len(versions) == 1 for versions in in_split.values())  # sticky keys stay
+    assert set().union(*in_split.values()) == {v1, v2}
 
     audit = await reg.ListAuditEvents(rpb.ListAuditEventsRequest(name="fraud"))
-    actions = [e.action for e in reversed(audit.events)]
-    assert actions == ["register", "register", "promote", "promote", "traffic.set", "traffic.set", "traffic.set",
-                       "rollback"]
+    expected = ["register", "register", "promote", "promote"] + ["traffic.set"] * 3 + ["rollback"]
+    assert [e.action for e in reversed(audit.events)] == expected
 
 
 async def test_version_that_fails_warm_up_never_takes_traffic(running: Running, tmp_path: Path) -> None:
@@ -142,12 +162,17 @@ async def test_version_that_fails_warm_up_never_takes_traffic(running: Running, 
     )
     for _ in range(20):
         assert (await running.inference.Predict(predict("risky"))).model_version == good
-    await expect_error(running.inference.Predict(predict("risky", version=str(bad))),
-                       grpc.StatusCode.FAILED_PRECONDITION, f"model 'risky' version {bad} is failed")
+    await expect_error(
+        running.inference.Predict(predict("risky", version=str(bad))),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"model 'risky' version {bad} is failed",
+    )
 
 
 @pytest.mark.parametrize(("seed", "identical"), [(1, True), (2, False)])
-async def test_shadow_reports_differences(running: Running, tmp_path: Path, seed: int, identical: bool) -> None:
+async def test_shadow_reports_differences(
+    running: Running, tmp_path: Path, seed: int, identical: bool
+) -> None:
     reg = running.registry
     served = await register(running, tmp_path, "shadowed", onnx_models.linear, seed=1)
     candidate = await register(running, tmp_path, "shadowed", onnx_models.linear, seed=seed)
@@ -174,12 +199,18 @@ async def test_retire_in_use_is_refused_and_aliases_are_visible(running: Running
     v1 = await register(running, tmp_path, "old", onnx_models.linear)
     v2 = await register(running, tmp_path, "old", onnx_models.linear, seed=3)
     await reg.SetAlias(rpb.SetAliasRequest(name="old", alias="production", version=v1))
-    await expect_error(reg.RetireModelVersion(rpb.RetireModelVersionRequest(name="old", version=v1)),
-                       grpc.StatusCode.FAILED_PRECONDITION, "alias 'production'")
+    await expect_error(
+        reg.RetireModelVersion(rpb.RetireModelVersionRequest(name="old", version=v1)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "alias 'production'",
+    )
     await reg.SetAlias(rpb.SetAliasRequest(name="old", alias="production", version=v2))
     await reg.RetireModelVersion(rpb.RetireModelVersionRequest(name="old", version=v1))
-    await expect_error(running.inference.Predict(predict("old", version=str(v1))), grpc.StatusCode.NOT_FOUND,
-                       f"model 'old' has no version {v1}")
+    await expect_error(
+        running.inference.Predict(predict("old", version=str(v1))),
+        grpc.StatusCode.NOT_FOUND,
+        f"model 'old' has no version {v1}",
+    )
     model = (await reg.GetModel(rpb.GetModelRequest(name="old"))).model
     assert [(a.name, a.version, a.previous_version) for a in model.aliases] == [("production", v2, v1)]
     assert (await running.inference.Predict(predict("old", version="production"))).model_version == v2

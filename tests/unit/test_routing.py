@@ -11,24 +11,31 @@ from ortserve.scheduler.shadow import ShadowStats, compare
 KEYS = [f"user-{i}" for i in range(4000)]
 
 
-def routes(weights: dict[str, int], sticky: bool = True, aliases: dict[str, int] | None = None) -> ModelRoutes:
+def routes(
+    weights: dict[str, int], sticky: bool = True, aliases: dict[str, int] | None = None
+) -> ModelRoutes:
     entries = tuple(TrafficEntry(t, w) for t, w in weights.items())
-    return ModelRoutes(MappingProxyType(aliases or {}), TrafficPolicy(model="m", entries=entries, sticky=sticky))
+    return ModelRoutes(
+        MappingProxyType(aliases or {}), TrafficPolicy(model="m", entries=entries, sticky=sticky)
+    )
 
 
-def pick(r: ModelRoutes, key: str, ready: set[int] = frozenset({1, 2, 3})) -> int | None:  # type: ignore[assignment]
-    return choose("m", "", r, lambda v: v in ready, lambda: max(ready) if ready else None, key)
+def pick(r: ModelRoutes, key: str, ready: frozenset[int] = frozenset({1, 2, 3})) -> int | None:
+    latest = max(ready) if ready else None
+    return choose("m", "", r, ready=lambda v: v in ready, latest_ready=lambda: latest, routing_key=key)
 
 
 def test_selectors_pin_follow_aliases_and_fall_back() -> None:
     r = ModelRoutes(MappingProxyType({"production": 2, "canary": 3}))
-    assert choose("m", "1", r, lambda v: True, lambda: 3) == 1
-    assert choose("m", "canary", r, lambda v: True, lambda: 3) == 3
-    assert choose("m", "", r, lambda v: True, lambda: 3) == 2
-    assert choose("m", "", r, lambda v: v != 2, lambda: 3) == 3  # production not ready here: latest ready
-    assert choose("m", "", ModelRoutes(), lambda v: True, lambda: 7) == 7
+    assert choose("m", "1", r, ready=lambda v: True, latest_ready=lambda: 3) == 1
+    assert choose("m", "canary", r, ready=lambda v: True, latest_ready=lambda: 3) == 3
+    assert choose("m", "", r, ready=lambda v: True, latest_ready=lambda: 3) == 2
+    assert (
+        choose("m", "", r, ready=lambda v: v != 2, latest_ready=lambda: 3) == 3
+    )  # production not ready here: latest ready
+    assert choose("m", "", ModelRoutes(), ready=lambda v: True, latest_ready=lambda: 7) == 7
     with pytest.raises(NotFound, match="model 'm' has no version or alias 'staging'"):
-        choose("m", "staging", r, lambda v: True, lambda: 3)
+        choose("m", "staging", r, ready=lambda v: True, latest_ready=lambda: 3)
 
 
 def test_sticky_keys_stay_while_weights_are_unchanged() -> None:
@@ -49,9 +56,11 @@ def test_weight_change_moves_only_the_share_that_must_move() -> None:
 
 def test_unready_and_zero_weight_targets_get_no_traffic() -> None:
     r = routes({"1": 50, "2": 50, "3": 0})
-    assert {pick(r, k, ready={1, 3}) for k in KEYS[:200]} == {1}
+    assert {pick(r, k, ready=frozenset({1, 3})) for k in KEYS[:200]} == {1}
     assert {pick(r, k) for k in KEYS[:500]} == {1, 2}
-    assert pick(routes({"2": 100}), "k", ready={1}) == 1  # nothing in the policy ready: latest ready
+    assert (
+        pick(routes({"2": 100}), "k", ready=frozenset({1})) == 1
+    )  # nothing in the policy ready: latest ready
 
 
 def test_policy_targets_may_be_aliases() -> None:

@@ -1,30 +1,52 @@
-"""Synchronous client for ortserve.api.v1 (InferenceService and RegistryService)."""
+"""Synchronous client for ortserve.api.v1 (InferenceService and RegistryService).
+
+The result types, the numpy <-> Tensor conversion and the request builders here are shared with
+`ortserve.client.aio.AsyncClient`, which mirrors `Client` method for method.
+
+Registry operations that the API does not have yet (promote, rollback, traffic split, watch) get
+one method each here and in `AsyncClient` when their RPCs land in registry_service.proto: unary
+ones through `self._registry.<Rpc>(request, timeout=..., metadata=self._metadata)` like
+`get_version`, the server stream `watch` as a generator like `predict_stream`.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 
 from ortserve import dtypes, tensors
 from ortserve.api.v1 import inference_service_pb2 as ipb
-from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.api.v1 import registry_service_pb2 as rpb
-from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
 from ortserve.api.v1 import tensor_pb2 as tpb
+from ortserve.client.channel import (
+    DEFAULT_ADDRESS,
+    MAX_MESSAGE_BYTES,
+    ChannelPlan,
+    PemSource,
+    RetryPolicy,
+    plan_channel,
+)
 
 CHUNK_BYTES = 1 << 20
-MAX_MESSAGE_BYTES = 256 << 20
+DEFAULT_RETRY = RetryPolicy()
 _STATE_NAMES = {v: k.removeprefix("VERSION_STATE_").lower() for k, v in mpb.VersionState.items()}
 _DTYPE_OF_ENUM = {
     tpb.DataType.Value("DATA_TYPE_" + ("STRING" if d is dtypes.BYTES else d.name)): d for d in dtypes.ALL
 }
 _ENUM_OF_DTYPE = {d: e for e, d in _DTYPE_OF_ENUM.items()}
+
+Inputs = Mapping[str, npt.ArrayLike]
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +61,11 @@ class Prediction:
     batch_size: int
     provider: str
 
+    @property
+    def server_us(self) -> int:
+        """Time on the server: waiting in the batch queue plus computing."""
+        return self.queue_us + self.compute_us
+
 
 @dataclass(frozen=True, slots=True)
 class VersionInfo:
@@ -51,6 +78,11 @@ class VersionInfo:
     inputs: list[tuple[str, str, list[int]]]
     outputs: list[tuple[str, str, list[int]]]
     providers: list[str]
+    description: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    created_by: str = ""
+    create_time: datetime | None = None
+    batch_axis: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +92,38 @@ class ModelInfo:
     versions: list[VersionInfo]
 
 
-def to_tensor(name: str, array: np.ndarray) -> tpb.Tensor:
+class StreamMessageError(Exception):
+    """One message of a PredictStream failed; the code is a grpc.StatusCode value."""
+
+    def __init__(self, message_id: str, code: int, message: str) -> None:
+        super().__init__(f"stream message {message_id}: {message}")
+        self.message_id = message_id
+        self.code = code
+        self.message = message
+
+    @property
+    def status(self) -> grpc.StatusCode | None:
+        """The grpc.StatusCode of `code`, or None for a value gRPC does not know."""
+        return next((s for s in grpc.StatusCode if s.value[0] == self.code), None)
+
+
+def to_tensor(name: str, array: npt.ArrayLike) -> tpb.Tensor:
     array = np.asarray(array)
     return tpb.Tensor(
-        name=name, data_type=_ENUM_OF_DTYPE[dtypes.of_array(array)], shape=array.shape, raw_data=tensors.encode(array)
+        name=name,
+        data_type=_ENUM_OF_DTYPE[dtypes.of_array(array)],
+        shape=array.shape,
+        raw_data=tensors.encode(array),
     )
 
 
 def from_tensor(tensor: tpb.Tensor) -> np.ndarray:
-    return tensors.decode(tensor.raw_data, _DTYPE_OF_ENUM[tensor.data_type], tensor.shape, f"output {tensor.name!r}")
+    return tensors.decode(
+        tensor.raw_data, _DTYPE_OF_ENUM[tensor.data_type], tensor.shape, f"output {tensor.name!r}"
+    )
 
 
-def _prediction(response: ipb.PredictResponse) -> Prediction:
+def prediction_of(response: ipb.PredictResponse) -> Prediction:
     t = response.timing
     return Prediction(
         outputs={o.name: from_tensor(o) for o in response.outputs},
@@ -84,7 +136,7 @@ def _prediction(response: ipb.PredictResponse) -> Prediction:
     )
 
 
-def _version_info(v: mpb.ModelVersion) -> VersionInfo:
+def version_info_of(v: mpb.ModelVersion) -> VersionInfo:
     def specs(items: Sequence[tpb.TensorSpec]) -> list[tuple[str, str, list[int]]]:
         return [(s.name, _DTYPE_OF_ENUM[s.data_type].name, list(s.shape)) for s in items]
 
@@ -98,24 +150,231 @@ def _version_info(v: mpb.ModelVersion) -> VersionInfo:
         inputs=specs(v.signature.inputs),
         outputs=specs(v.signature.outputs),
         providers=list(v.active_providers),
+        description=v.description,
+        labels=dict(v.labels),
+        created_by=v.created_by,
+        create_time=v.create_time.ToDatetime() if v.HasField("create_time") else None,
+        batch_axis=v.signature.batch_axis,
     )
 
 
-def _model_info(m: mpb.Model) -> ModelInfo:
-    return ModelInfo(m.name, m.description, [_version_info(v) for v in m.versions])
+def model_info_of(m: mpb.Model) -> ModelInfo:
+    return ModelInfo(m.name, m.description, [version_info_of(v) for v in m.versions])
+
+
+def stream_answer(answer: ipb.PredictStreamResponse) -> Prediction:
+    if answer.WhichOneof("result") == "error":
+        raise StreamMessageError(answer.id, answer.error.code, answer.error.message)
+    return prediction_of(answer.response)
+
+
+def predict_request(
+    model: str,
+    inputs: Inputs,
+    *,
+    version: str | int | None = None,
+    outputs: Sequence[str] = (),
+    routing_key: str | None = None,
+    priority: int = 0,
+) -> ipb.PredictRequest:
+    return ipb.PredictRequest(
+        model=model,
+        version="" if version is None else str(version),
+        inputs=[to_tensor(name, array) for name, array in inputs.items()],
+        output_names=outputs,
+        routing_key=routing_key or "",
+        priority=priority,
+    )
+
+
+def file_sha256(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while block := f.read(CHUNK_BYTES):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+def register_manifest(
+    name: str,
+    size: int,
+    *,
+    sha256: str,
+    description: str,
+    labels: Mapping[str, str] | None,
+    providers: Sequence[str],
+    max_batch_size: int | None,
+    load: bool,
+) -> rpb.RegisterManifest:
+    batching = mpb.BatchingConfig(max_batch_size=max_batch_size) if max_batch_size is not None else None
+    return rpb.RegisterManifest(
+        name=name,
+        size_bytes=size,
+        sha256=sha256,
+        description=description,
+        labels=dict(labels or {}),
+        providers=[mpb.ExecutionProvider(name=p) for p in providers],
+        batching=batching,
+        load=load,
+    )
+
+
+def _upload(
+    manifest: rpb.RegisterManifest, path: Path, progress: Progress | None
+) -> Iterator[rpb.RegisterModelRequest]:
+    yield rpb.RegisterModelRequest(manifest=manifest)
+    sent = 0
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            yield rpb.RegisterModelRequest(chunk=chunk)
+            sent += len(chunk)
+            if progress is not None:
+                progress(sent, manifest.size_bytes)
+
+
+_INFERENCE = "/ortserve.api.v1.InferenceService/"
+_REGISTRY = "/ortserve.api.v1.RegistryService/"
+
+
+class _Stubs:
+    """Blocking multi-callables of both services, typed for the sync API.
+
+    (The generated *_pb2_grpc.pyi type the stubs for grpc.aio, which `AsyncClient` uses.)
+    """
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        uu = channel.unary_unary
+        self.Predict = uu(
+            _INFERENCE + "Predict", ipb.PredictRequest.SerializeToString, ipb.PredictResponse.FromString
+        )
+        self.PredictStream = channel.stream_stream(
+            _INFERENCE + "PredictStream",
+            ipb.PredictStreamRequest.SerializeToString,
+            ipb.PredictStreamResponse.FromString,
+        )
+        self.GetModelSignature = uu(
+            _INFERENCE + "GetModelSignature",
+            ipb.GetModelSignatureRequest.SerializeToString,
+            ipb.GetModelSignatureResponse.FromString,
+        )
+        self.RegisterModel = channel.stream_unary(
+            _REGISTRY + "RegisterModel",
+            rpb.RegisterModelRequest.SerializeToString,
+            rpb.RegisterModelResponse.FromString,
+        )
+        self.GetModel = uu(
+            _REGISTRY + "GetModel", rpb.GetModelRequest.SerializeToString, rpb.GetModelResponse.FromString
+        )
+        self.ListModels = uu(
+            _REGISTRY + "ListModels",
+            rpb.ListModelsRequest.SerializeToString,
+            rpb.ListModelsResponse.FromString,
+        )
+        self.ListModelVersions = uu(
+            _REGISTRY + "ListModelVersions",
+            rpb.ListModelVersionsRequest.SerializeToString,
+            rpb.ListModelVersionsResponse.FromString,
+        )
+        self.GetModelVersion = uu(
+            _REGISTRY + "GetModelVersion",
+            rpb.GetModelVersionRequest.SerializeToString,
+            rpb.GetModelVersionResponse.FromString,
+        )
+        self.LoadModelVersion = uu(
+            _REGISTRY + "LoadModelVersion",
+            rpb.LoadModelVersionRequest.SerializeToString,
+            rpb.LoadModelVersionResponse.FromString,
+        )
+        self.UnloadModelVersion = uu(
+            _REGISTRY + "UnloadModelVersion",
+            rpb.UnloadModelVersionRequest.SerializeToString,
+            rpb.UnloadModelVersionResponse.FromString,
+        )
+
+
+def make_plan(
+    address: str | Sequence[str],
+    *,
+    tls: bool = False,
+    root_certificates: PemSource | None = None,
+    certificate_chain: PemSource | None = None,
+    private_key: PemSource | None = None,
+    server_name: str | None = None,
+    token: str | None = None,
+    metadata: Sequence[tuple[str, str]] = (),
+    retry: RetryPolicy | None = DEFAULT_RETRY,
+    health_check: bool = False,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    options: Sequence[tuple[str, Any]] = (),
+) -> ChannelPlan:
+    return plan_channel(
+        address,
+        tls=tls,
+        root_certificates=root_certificates,
+        certificate_chain=certificate_chain,
+        private_key=private_key,
+        server_name=server_name,
+        token=token,
+        metadata=metadata,
+        retry=retry,
+        health_check=health_check,
+        max_message_bytes=max_message_bytes,
+        options=options,
+    )
 
 
 class Client:
-    """One channel to one server. Errors surface as grpc.RpcError with the server's code and message."""
+    """A channel to one or more servers; errors surface as grpc.RpcError with the server's code.
 
-    def __init__(self, address: str = "127.0.0.1:8001", *, timeout: float | None = 30.0) -> None:
-        options = [
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ]
-        self._channel = grpc.insecure_channel(address, options=options)
-        self._inference = ipb_grpc.InferenceServiceStub(self._channel)
-        self._registry = rpb_grpc.RegistryServiceStub(self._channel)
+    `address` is one gRPC target or several `host:port` (a list or one comma-separated string):
+    calls are spread round robin and retried on UNAVAILABLE with exponential backoff per `retry`
+    (None turns retries off), so a server that stops is skipped without a failed call.
+    `tls=True` (or any certificate) uses TLS with the system roots or `root_certificates`;
+    `certificate_chain` + `private_key` add a client certificate (mutual TLS); PEM values are
+    bytes, PEM text or file paths. `token` sends `authorization: Bearer <token>` with every call.
+    `timeout` (seconds) is the default deadline of the unary calls except register/load/unload.
+    """
+
+    def __init__(
+        self,
+        address: str | Sequence[str] = DEFAULT_ADDRESS,
+        *,
+        timeout: float | None = 30.0,
+        tls: bool = False,
+        root_certificates: PemSource | None = None,
+        certificate_chain: PemSource | None = None,
+        private_key: PemSource | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        health_check: bool = False,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        plan = make_plan(
+            address,
+            tls=tls,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+            server_name=server_name,
+            token=token,
+            metadata=metadata,
+            retry=retry,
+            health_check=health_check,
+            max_message_bytes=max_message_bytes,
+            options=options,
+        )
+        if plan.credentials is None:
+            self._channel = grpc.insecure_channel(plan.target, options=plan.options)
+        else:
+            self._channel = grpc.secure_channel(plan.target, plan.credentials, options=plan.options)
+        self.target = plan.target
+        self._metadata = plan.metadata
+        self._inference = self._registry = _Stubs(self._channel)
         self._timeout = timeout
 
     def close(self) -> None:
@@ -127,42 +386,85 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until the channel has a connection (grpc.FutureTimeoutError after `timeout`)."""
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self._timeout if timeout is None else timeout
+
+    # Inference
+
     def predict(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Inputs,
         version: str | int | None = None,
+        routing_key: str | None = None,
+        timeout: float | None = None,
         *,
         outputs: Sequence[str] = (),
-        routing_key: str = "",
         priority: int = 0,
-        timeout: float | None = None,
     ) -> Prediction:
-        request = _predict_request(model, inputs, version, outputs, routing_key, priority)
-        return _prediction(self._inference.Predict(request, timeout=timeout or self._timeout))
+        """One prediction: numpy arrays by input name in, outputs by name plus version and timing out.
+
+        `version` None serves the latest ready version; `outputs` empty returns every output.
+        """
+        request = predict_request(
+            model, inputs, version=version, outputs=outputs, routing_key=routing_key, priority=priority
+        )
+        response = self._inference.Predict(request, timeout=self._deadline(timeout), metadata=self._metadata)
+        return prediction_of(response)
 
     def predict_stream(
-        self, model: str, batches: Iterator[Mapping[str, np.ndarray]], version: str | int | None = None
+        self,
+        model: str,
+        batches: Iterable[Inputs],
+        version: str | int | None = None,
+        routing_key: str | None = None,
+        timeout: float | None = None,
+        *,
+        outputs: Sequence[str] = (),
+        priority: int = 0,
     ) -> Iterator[Prediction]:
-        """Send every input set over one stream; yield answers in order. A failed message raises."""
+        """Send every input set over one stream; yield the answers in order.
+
+        A message the server rejects raises StreamMessageError (with its id, the index of the
+        input set); closing the generator early cancels the stream. `timeout` bounds the whole
+        stream (default: none).
+        """
         requests = (
-            ipb.PredictStreamRequest(id=str(i), request=_predict_request(model, feeds, version, (), "", 0))
+            ipb.PredictStreamRequest(
+                id=str(i),
+                request=predict_request(
+                    model, feeds, version=version, outputs=outputs, routing_key=routing_key, priority=priority
+                ),
+            )
             for i, feeds in enumerate(batches)
         )
-        for answer in self._inference.PredictStream(requests):
-            if answer.WhichOneof("result") == "error":
-                raise StreamMessageError(answer.id, answer.error.code, answer.error.message)
-            yield _prediction(answer.response)
+        call = self._inference.PredictStream(requests, timeout=timeout, metadata=self._metadata)
+        try:
+            for answer in call:
+                yield stream_answer(answer)
+        finally:
+            call.cancel()
 
-    def signature(self, model: str, version: str | int | None = None) -> VersionInfo:
+    def signature(
+        self, model: str, version: str | int | None = None, timeout: float | None = None
+    ) -> VersionInfo:
+        request = ipb.GetModelSignatureRequest(model=model, version="" if version is None else str(version))
         response = self._inference.GetModelSignature(
-            ipb.GetModelSignatureRequest(model=model, version=str(version or "")), timeout=self._timeout
+            request, timeout=self._deadline(timeout), metadata=self._metadata
         )
-        return _version_info(mpb.ModelVersion(model=model, version=response.model_version, signature=response.signature))
+        return version_info_of(
+            mpb.ModelVersion(model=model, version=response.model_version, signature=response.signature)
+        )
+
+    # Registry
 
     def register(
         self,
-        path: str | Path,
+        path: str | os.PathLike[str],
         name: str,
         *,
         description: str = "",
@@ -170,80 +472,73 @@ class Client:
         providers: Sequence[str] = (),
         max_batch_size: int | None = None,
         load: bool = True,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Progress | None = None,
+        timeout: float | None = None,
     ) -> VersionInfo:
-        """Upload a model file in 1 MiB chunks; `progress(sent, total)` is called after each."""
-        data = Path(path).read_bytes()
-        batching = mpb.BatchingConfig(max_batch_size=max_batch_size) if max_batch_size is not None else None
-        manifest = rpb.RegisterManifest(
-            name=name,
-            size_bytes=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
+        """Upload a model file in 1 MiB chunks as a new version; `progress(sent, total)` after each.
+
+        With `load` the server that receives it loads and warms it up before answering.
+        """
+        path = Path(path)
+        size, sha256 = file_sha256(path)
+        manifest = register_manifest(
+            name,
+            size,
+            sha256=sha256,
             description=description,
-            labels=dict(labels or {}),
-            providers=[mpb.ExecutionProvider(name=p) for p in providers],
-            batching=batching,
+            labels=labels,
+            providers=providers,
+            max_batch_size=max_batch_size,
             load=load,
         )
-        response = self._registry.RegisterModel(_upload(manifest, data, progress), timeout=None)
-        return _version_info(response.version)
+        response = self._registry.RegisterModel(
+            _upload(manifest, path, progress), timeout=timeout, metadata=self._metadata
+        )
+        return version_info_of(response.version)
 
-    def list_models(self) -> list[ModelInfo]:
+    def list_models(self, *, page_size: int = 0, timeout: float | None = None) -> list[ModelInfo]:
+        """Every model with its versions, following pages."""
         models: list[ModelInfo] = []
         token = ""
         while True:
-            page = self._registry.ListModels(rpb.ListModelsRequest(page_token=token), timeout=self._timeout)
-            models.extend(_model_info(m) for m in page.models)
+            page = self._registry.ListModels(
+                rpb.ListModelsRequest(page_size=page_size, page_token=token),
+                timeout=self._deadline(timeout),
+                metadata=self._metadata,
+            )
+            models.extend(model_info_of(m) for m in page.models)
             token = page.next_page_token
             if not token:
                 return models
 
-    def get_model(self, name: str) -> ModelInfo:
-        return _model_info(self._registry.GetModel(rpb.GetModelRequest(name=name), timeout=self._timeout).model)
+    def get_model(self, name: str, *, timeout: float | None = None) -> ModelInfo:
+        response = self._registry.GetModel(
+            rpb.GetModelRequest(name=name), timeout=self._deadline(timeout), metadata=self._metadata
+        )
+        return model_info_of(response.model)
 
-    def load(self, name: str, version: int = 0) -> VersionInfo:
+    def list_versions(self, name: str, *, timeout: float | None = None) -> list[VersionInfo]:
+        response = self._registry.ListModelVersions(
+            rpb.ListModelVersionsRequest(name=name), timeout=self._deadline(timeout), metadata=self._metadata
+        )
+        return [version_info_of(v) for v in response.versions]
+
+    def get_version(self, name: str, version: int, *, timeout: float | None = None) -> VersionInfo:
+        response = self._registry.GetModelVersion(
+            rpb.GetModelVersionRequest(name=name, version=version),
+            timeout=self._deadline(timeout),
+            metadata=self._metadata,
+        )
+        return version_info_of(response.version)
+
+    def load(self, name: str, version: int = 0, *, timeout: float | None = None) -> VersionInfo:
+        """Load and warm up a version (0: the latest) on the server that answers."""
         request = rpb.LoadModelVersionRequest(name=name, version=version)
-        return _version_info(self._registry.LoadModelVersion(request, timeout=None).version)
+        return version_info_of(
+            self._registry.LoadModelVersion(request, timeout=timeout, metadata=self._metadata).version
+        )
 
-    def unload(self, name: str, version: int = 0) -> None:
-        self._registry.UnloadModelVersion(rpb.UnloadModelVersionRequest(name=name, version=version), timeout=None)
-
-
-class StreamMessageError(Exception):
-    """One message of a PredictStream failed; the code is a grpc.StatusCode value."""
-
-    def __init__(self, message_id: str, code: int, message: str) -> None:
-        super().__init__(f"stream message {message_id}: {message}")
-        self.message_id = message_id
-        self.code = code
-        self.message = message
-
-
-def _predict_request(
-    model: str,
-    inputs: Mapping[str, np.ndarray],
-    version: str | int | None,
-    outputs: Sequence[str],
-    routing_key: str,
-    priority: int,
-) -> ipb.PredictRequest:
-    return ipb.PredictRequest(
-        model=model,
-        version="" if version is None else str(version),
-        inputs=[to_tensor(name, array) for name, array in inputs.items()],
-        output_names=outputs,
-        routing_key=routing_key,
-        priority=priority,
-    )
-
-
-def _upload(
-    manifest: rpb.RegisterManifest, data: bytes, progress: Callable[[int, int], None] | None
-) -> Iterator[rpb.RegisterModelRequest]:
-    yield rpb.RegisterModelRequest(manifest=manifest)
-    view = memoryview(data)
-    for start in range(0, len(data), CHUNK_BYTES):
-        chunk = view[start : start + CHUNK_BYTES]
-        yield rpb.RegisterModelRequest(chunk=bytes(chunk))
-        if progress is not None:
-            progress(start + len(chunk), len(data))
+    def unload(self, name: str, version: int = 0, *, timeout: float | None = None) -> None:
+        """Drain and unload a version (0: every loaded one) on the server that answers."""
+        request = rpb.UnloadModelVersionRequest(name=name, version=version)
+        self._registry.UnloadModelVersion(request, timeout=timeout, metadata=self._metadata)

@@ -44,7 +44,9 @@ class InferenceCore:
         slot = self.pool.route(call.model, call.selector, call.routing_key)
         if slot.state is not VersionState.READY:
             slot = await self.pool.ready(slot, deadline)
-        result = await self._run(slot, call.model, call.feeds, call.outputs, deadline, call.priority)
+        result = await self._run(
+            slot, call.model, call.feeds, call.outputs, deadline=deadline, priority=call.priority
+        )
         if not call.selector:
             self._maybe_shadow(call, result)
         return result
@@ -55,6 +57,7 @@ class InferenceCore:
         model: str,
         feeds: Mapping[str, np.ndarray],
         wanted: Sequence[str],
+        *,
         deadline: float | None,
         priority: int,
     ) -> PredictResult:
@@ -100,7 +103,9 @@ class InferenceCore:
             stats = self._stats_for(model, slot.record.version)
             if slot.state is not VersionState.READY:
                 raise OrtserveError(f"shadow version {slot.record.version} is {slot.state.value}")
-            shadow = await self._run(slot, model, call.feeds, tuple(served.outputs), None, -1)
+            shadow = await self._run(
+                slot, model, call.feeds, tuple(served.outputs), deadline=None, priority=-1
+            )
         except OrtserveError as exc:
             self._shadow_failed(model, target, exc)
             return

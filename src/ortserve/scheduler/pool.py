@@ -165,9 +165,9 @@ class ModelPool:
             model,
             selector,
             self.routes(model),
-            lambda v: _ready(versions.get(v)),
-            lambda: _latest(versions),
-            routing_key,
+            ready=lambda v: _ready(versions.get(v)),
+            latest_ready=lambda: _latest(versions),
+            routing_key=routing_key,
         )
         if version is None:
             raise ModelNotReady(f"model {model!r} has no version ready on this server")

@@ -57,6 +57,7 @@ def choose(
     model: str,
     selector: str,
     routes: ModelRoutes,
+    *,
     ready: Callable[[int], bool],
     latest_ready: Callable[[], int | None],
     routing_key: str = "",

@@ -1,0 +1,288 @@
+"""asyncio client for ortserve.api.v1: `AsyncClient` mirrors `Client` over grpc.aio."""
+
+# `timeout` parameters are gRPC deadlines (sent to the server), not asyncio timeouts.
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from ortserve.api.v1 import inference_service_pb2 as ipb
+from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
+from ortserve.api.v1 import model_pb2 as mpb
+from ortserve.api.v1 import registry_service_pb2 as rpb
+from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
+from ortserve.client.channel import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, PemSource, RetryPolicy
+from ortserve.client.client import (
+    CHUNK_BYTES,
+    DEFAULT_RETRY,
+    Inputs,
+    ModelInfo,
+    Prediction,
+    Progress,
+    VersionInfo,
+    file_sha256,
+    make_plan,
+    model_info_of,
+    predict_request,
+    prediction_of,
+    register_manifest,
+    stream_answer,
+    version_info_of,
+)
+
+
+class AsyncClient:
+    """`Client` for asyncio: the same constructor options and methods, awaited.
+
+    `predict_stream` is an async iterator and accepts the input sets as an iterable or an
+    async iterable. Errors surface as grpc.aio.AioRpcError (a grpc.RpcError).
+    """
+
+    def __init__(
+        self,
+        address: str | Sequence[str] = DEFAULT_ADDRESS,
+        *,
+        timeout: float | None = 30.0,
+        tls: bool = False,
+        root_certificates: PemSource | None = None,
+        certificate_chain: PemSource | None = None,
+        private_key: PemSource | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        health_check: bool = False,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        plan = make_plan(
+            address,
+            tls=tls,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+            server_name=server_name,
+            token=token,
+            metadata=metadata,
+            retry=retry,
+            health_check=health_check,
+            max_message_bytes=max_message_bytes,
+            options=options,
+        )
+        if plan.credentials is None:
+            self._channel = grpc.aio.insecure_channel(plan.target, options=plan.options)
+        else:
+            self._channel = grpc.aio.secure_channel(plan.target, plan.credentials, options=plan.options)
+        self.target = plan.target
+        self._metadata = grpc.aio.Metadata(*plan.metadata)
+        self._inference = ipb_grpc.InferenceServiceStub(self._channel)
+        self._registry = rpb_grpc.RegistryServiceStub(self._channel)
+        self._timeout = timeout
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the channel has a connection (TimeoutError after `timeout`)."""
+        await asyncio.wait_for(self._channel.channel_ready(), timeout)
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self._timeout if timeout is None else timeout
+
+    # Inference
+
+    async def predict(
+        self,
+        model: str,
+        inputs: Inputs,
+        version: str | int | None = None,
+        routing_key: str | None = None,
+        timeout: float | None = None,
+        *,
+        outputs: Sequence[str] = (),
+        priority: int = 0,
+    ) -> Prediction:
+        """See `Client.predict`."""
+        request = predict_request(
+            model, inputs, version=version, outputs=outputs, routing_key=routing_key, priority=priority
+        )
+        response = await self._inference.Predict(
+            request, timeout=self._deadline(timeout), metadata=self._metadata
+        )
+        return prediction_of(response)
+
+    async def predict_stream(
+        self,
+        model: str,
+        batches: Iterable[Inputs] | AsyncIterable[Inputs],
+        version: str | int | None = None,
+        routing_key: str | None = None,
+        timeout: float | None = None,
+        *,
+        outputs: Sequence[str] = (),
+        priority: int = 0,
+    ) -> AsyncIterator[Prediction]:
+        """See `Client.predict_stream`: yields answers in order, raises StreamMessageError."""
+
+        async def requests() -> AsyncIterator[ipb.PredictStreamRequest]:
+            i = 0
+            if isinstance(batches, AsyncIterable):
+                async for feeds in batches:
+                    yield _stream_request(
+                        i,
+                        model,
+                        feeds,
+                        version=version,
+                        outputs=outputs,
+                        routing_key=routing_key,
+                        priority=priority,
+                    )
+                    i += 1
+            else:
+                for feeds in batches:
+                    yield _stream_request(
+                        i,
+                        model,
+                        feeds,
+                        version=version,
+                        outputs=outputs,
+                        routing_key=routing_key,
+                        priority=priority,
+                    )
+                    i += 1
+
+        call = self._inference.PredictStream(requests(), timeout=timeout, metadata=self._metadata)
+        try:
+            async for answer in call:
+                yield stream_answer(answer)
+        finally:
+            call.cancel()
+
+    async def signature(
+        self, model: str, version: str | int | None = None, timeout: float | None = None
+    ) -> VersionInfo:
+        request = ipb.GetModelSignatureRequest(model=model, version="" if version is None else str(version))
+        response = await self._inference.GetModelSignature(
+            request, timeout=self._deadline(timeout), metadata=self._metadata
+        )
+        return version_info_of(
+            mpb.ModelVersion(model=model, version=response.model_version, signature=response.signature)
+        )
+
+    # Registry
+
+    async def register(
+        self,
+        path: str | os.PathLike[str],
+        name: str,
+        *,
+        description: str = "",
+        labels: Mapping[str, str] | None = None,
+        providers: Sequence[str] = (),
+        max_batch_size: int | None = None,
+        load: bool = True,
+        progress: Progress | None = None,
+        timeout: float | None = None,
+    ) -> VersionInfo:
+        """See `Client.register`; the file is read off the event loop."""
+        path = Path(path)
+        size, sha256 = await asyncio.to_thread(file_sha256, path)
+        manifest = register_manifest(
+            name,
+            size,
+            sha256=sha256,
+            description=description,
+            labels=labels,
+            providers=providers,
+            max_batch_size=max_batch_size,
+            load=load,
+        )
+
+        async def upload() -> AsyncIterator[rpb.RegisterModelRequest]:
+            yield rpb.RegisterModelRequest(manifest=manifest)
+            sent = 0
+            f = await asyncio.to_thread(path.open, "rb")
+            with f:
+                while chunk := await asyncio.to_thread(f.read, CHUNK_BYTES):
+                    yield rpb.RegisterModelRequest(chunk=chunk)
+                    sent += len(chunk)
+                    if progress is not None:
+                        progress(sent, size)
+
+        response = await self._registry.RegisterModel(upload(), timeout=timeout, metadata=self._metadata)
+        return version_info_of(response.version)
+
+    async def list_models(self, *, page_size: int = 0, timeout: float | None = None) -> list[ModelInfo]:
+        models: list[ModelInfo] = []
+        token = ""
+        while True:
+            page = await self._registry.ListModels(
+                rpb.ListModelsRequest(page_size=page_size, page_token=token),
+                timeout=self._deadline(timeout),
+                metadata=self._metadata,
+            )
+            models.extend(model_info_of(m) for m in page.models)
+            token = page.next_page_token
+            if not token:
+                return models
+
+    async def get_model(self, name: str, *, timeout: float | None = None) -> ModelInfo:
+        response = await self._registry.GetModel(
+            rpb.GetModelRequest(name=name), timeout=self._deadline(timeout), metadata=self._metadata
+        )
+        return model_info_of(response.model)
+
+    async def list_versions(self, name: str, *, timeout: float | None = None) -> list[VersionInfo]:
+        response = await self._registry.ListModelVersions(
+            rpb.ListModelVersionsRequest(name=name), timeout=self._deadline(timeout), metadata=self._metadata
+        )
+        return [version_info_of(v) for v in response.versions]
+
+    async def get_version(self, name: str, version: int, *, timeout: float | None = None) -> VersionInfo:
+        response = await self._registry.GetModelVersion(
+            rpb.GetModelVersionRequest(name=name, version=version),
+            timeout=self._deadline(timeout),
+            metadata=self._metadata,
+        )
+        return version_info_of(response.version)
+
+    async def load(self, name: str, version: int = 0, *, timeout: float | None = None) -> VersionInfo:
+        request = rpb.LoadModelVersionRequest(name=name, version=version)
+        response = await self._registry.LoadModelVersion(request, timeout=timeout, metadata=self._metadata)
+        return version_info_of(response.version)
+
+    async def unload(self, name: str, version: int = 0, *, timeout: float | None = None) -> None:
+        request = rpb.UnloadModelVersionRequest(name=name, version=version)
+        await self._registry.UnloadModelVersion(request, timeout=timeout, metadata=self._metadata)
+
+
+def _stream_request(
+    i: int,
+    model: str,
+    feeds: Inputs,
+    *,
+    version: str | int | None,
+    outputs: Sequence[str],
+    routing_key: str | None,
+    priority: int,
+) -> ipb.PredictStreamRequest:
+    return ipb.PredictStreamRequest(
+        id=str(i),
+        request=predict_request(
+            model, feeds, version=version, outputs=outputs, routing_key=routing_key, priority=priority
+        ),
+    )

@@ -1,0 +1,247 @@
+"""Every method of `Client` and `AsyncClient` against a real in-process server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto
+
+from ortserve.client import AsyncClient, Client, Prediction, StreamMessageError
+from ortserve.server.app import OrtServer
+from tests import onnx_models
+from tests.sdk.conftest import make_server
+
+DTYPES: dict[str, tuple[int, np.ndarray]] = {
+    "bool": (TensorProto.BOOL, np.array([[True, False, True]])),
+    "uint8": (TensorProto.UINT8, np.array([[0, 1, 255]], np.uint8)),
+    "uint16": (TensorProto.UINT16, np.array([[0, 1, 65535]], np.uint16)),
+    "uint32": (TensorProto.UINT32, np.array([[0, 1, 2**32 - 1]], np.uint32)),
+    "uint64": (TensorProto.UINT64, np.array([[0, 1, 2**64 - 1]], np.uint64)),
+    "int8": (TensorProto.INT8, np.array([[-128, 0, 127]], np.int8)),
+    "int16": (TensorProto.INT16, np.array([[-(2**15), 0, 2**15 - 1]], np.int16)),
+    "int32": (TensorProto.INT32, np.array([[-(2**31), 0, 2**31 - 1]], np.int32)),
+    "int64": (TensorProto.INT64, np.array([[-(2**63), 0, 2**63 - 1]], np.int64)),
+    "fp16": (TensorProto.FLOAT16, np.array([[-1.5, 0.0, 65504.0]], np.float16)),
+    "fp32": (TensorProto.FLOAT, np.array([[-1.5, np.inf, 3.25]], np.float32)),
+    "fp64": (TensorProto.DOUBLE, np.array([[-1.5, 1e300, np.nan]], np.float64)),
+    "string": (TensorProto.STRING, np.array([["héllo", "", "wörld"]], dtype=object)),
+}
+
+
+def x_input(rows: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, 16)).astype(np.float32)
+
+
+def reference(path: Path, x: np.ndarray) -> np.ndarray:
+    return np.asarray(ort.InferenceSession(str(path)).run(None, {"x": x})[0])
+
+
+def check_linear(result: Prediction, path: Path, x: np.ndarray) -> None:
+    assert result.model == "linear" and result.version == 1
+    assert result.provider == "CPUExecutionProvider" and result.batch_size >= 1
+    assert result.queue_us >= 0 and result.compute_us > 0 and result.server_us >= result.compute_us
+    np.testing.assert_allclose(result.outputs["y"], reference(path, x), rtol=1e-5)
+
+
+# Sync client (its calls block, so they run in a thread while the server uses the event loop)
+
+
+def sync_inference(address: str, linear: Path) -> None:
+    x = x_input()
+    with Client(address) as client:
+        client.wait_ready(10)
+        check_linear(client.predict("linear", {"x": x}), linear, x)
+        check_linear(
+            client.predict("linear", {"x": x}, version=1, routing_key="user-7", timeout=5), linear, x
+        )
+        pinned = client.predict("linear", {"x": x}, "1", outputs=["y"], priority=3)
+        assert list(pinned.outputs) == ["y"]
+
+        both = client.predict("add", {"a": np.ones((2, 4), np.float32), "b": np.full((2, 4), 2, np.float32)})
+        np.testing.assert_array_equal(both.outputs["z"], np.full((2, 4), 3, np.float32))
+
+        with pytest.raises(grpc.RpcError) as info:
+            client.predict("nope", {"x": x})
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+
+        feeds: Iterator[dict[str, np.ndarray]] = ({"x": x_input(seed=i)} for i in range(5))
+        answers = list(client.predict_stream("linear", feeds, timeout=30))
+        assert len(answers) == 5
+        for i, answer in enumerate(answers):
+            check_linear(answer, linear, x_input(seed=i))
+
+        sig = client.signature("linear")
+        assert (sig.model, sig.version) == ("linear", 1)
+        assert sig.inputs == [("x", "FP32", [-1, 16])] and sig.outputs == [("y", "FP32", [-1, 4])]
+        assert sig.batch_axis
+
+
+def sync_stream_error(address: str) -> None:
+    good = {"x": x_input()}
+    bad = {"x": np.zeros((2, 3), np.float32)}  # wrong width
+    with Client(address) as client:
+        stream = client.predict_stream("linear", [good, bad, good])
+        assert next(stream).version == 1
+        with pytest.raises(StreamMessageError) as info:
+            next(stream)
+        assert info.value.message_id == "1"
+        assert info.value.status == grpc.StatusCode.INVALID_ARGUMENT
+        stream.close()
+        # The stream was cancelled; the channel is fine.
+        assert client.predict("linear", good).version == 1
+
+
+def sync_registry(address: str, tmp: Path) -> None:
+    path = tmp / "linear2.onnx"
+    onnx_models.linear(path, seed=5)
+    progress: list[tuple[int, int]] = []
+    with Client(address) as client:
+        info = client.register(
+            path,
+            "linear",
+            description="second",
+            labels={"team": "sdk"},
+            progress=lambda sent, total: progress.append((sent, total)),
+        )
+        size = path.stat().st_size
+        assert progress and progress[-1] == (size, size)
+        assert (info.model, info.version, info.state) == ("linear", 2, "ready")
+        assert info.size_bytes == size and info.labels == {"team": "sdk"} and info.description == "second"
+        assert info.create_time is not None
+
+        assert client.predict("linear", {"x": x_input()}).version == 2  # the latest ready version
+        assert client.predict("linear", {"x": x_input()}, version=1).version == 1
+
+        models = client.list_models(page_size=1)  # two pages
+        assert sorted(m.name for m in models) == ["add", "linear"]
+        model = client.get_model("linear")
+        assert [v.version for v in model.versions] == [1, 2]
+        assert [v.version for v in client.list_versions("linear")] == [1, 2]
+        assert client.get_version("linear", 2).sha256 == info.sha256
+
+        client.unload("linear", 2)
+        assert client.get_version("linear", 2).state != "ready"
+        assert client.predict("linear", {"x": x_input()}).version == 1
+        loaded = client.load("linear", 2)
+        assert loaded.state == "ready" and loaded.providers == ["CPUExecutionProvider"]
+
+        unloaded = client.register(
+            path, "other", load=False, max_batch_size=4, providers=["CPUExecutionProvider"]
+        )
+        assert (unloaded.model, unloaded.version) == ("other", 1)
+        with pytest.raises(grpc.RpcError) as info_err:
+            client.get_model("missing")
+        assert info_err.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+
+
+async def test_sync_inference(address: str, model_files: dict[str, Path]) -> None:
+    await asyncio.to_thread(sync_inference, address, model_files["linear"])
+
+
+async def test_sync_stream_in_band_error(address: str) -> None:
+    await asyncio.to_thread(sync_stream_error, address)
+
+
+async def test_sync_registry(address: str, tmp_path: Path) -> None:
+    await asyncio.to_thread(sync_registry, address, tmp_path)
+
+
+# Async client
+
+
+async def test_async_inference(address: str, model_files: dict[str, Path]) -> None:
+    x = x_input()
+    async with AsyncClient([address], timeout=10) as client:
+        await client.wait_ready(10)
+        check_linear(await client.predict("linear", {"x": x}), model_files["linear"], x)
+        check_linear(
+            await client.predict("linear", {"x": x}, version=1, routing_key="k", timeout=5),
+            model_files["linear"],
+            x,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await client.predict("linear", {"x": np.zeros((1, 3), np.float32)})
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        async def feeds() -> AsyncIterator[dict[str, np.ndarray]]:
+            for i in range(4):
+                yield {"x": x_input(seed=i)}
+
+        answers = [a async for a in client.predict_stream("linear", feeds())]
+        assert len(answers) == 4
+        for i, answer in enumerate(answers):
+            check_linear(answer, model_files["linear"], x_input(seed=i))
+        listed = [a async for a in client.predict_stream("linear", [{"x": x}, {"x": x}])]
+        assert [a.version for a in listed] == [1, 1]
+
+        stream = client.predict_stream("linear", [{"x": x}, {"x": np.zeros((2, 3), np.float32)}, {"x": x}])
+        assert (await anext(stream)).version == 1
+        with pytest.raises(StreamMessageError) as err:
+            await anext(stream)
+        assert err.value.message_id == "1" and err.value.status == grpc.StatusCode.INVALID_ARGUMENT
+        await stream.aclose()
+
+        sig = await client.signature("add", 1)
+        assert [name for name, _, _ in sig.inputs] == ["a", "b"]
+
+
+async def test_async_registry(address: str, tmp_path: Path) -> None:
+    path = tmp_path / "linear2.onnx"
+    onnx_models.linear(path, seed=9)
+    progress: list[tuple[int, int]] = []
+    async with AsyncClient(address) as client:
+        info = await client.register(path, "linear", progress=lambda s, t: progress.append((s, t)))
+        assert info.version == 2 and info.state == "ready" and progress[-1][0] == path.stat().st_size
+        assert sorted(m.name for m in await client.list_models()) == ["add", "linear"]
+        assert [v.version for v in (await client.get_model("linear")).versions] == [1, 2]
+        assert [v.version for v in await client.list_versions("linear")] == [1, 2]
+        assert (await client.get_version("linear", 1)).state == "ready"
+        await client.unload("linear", 2)
+        assert (await client.predict("linear", {"x": x_input()})).version == 1
+        assert (await client.load("linear", 2)).state == "ready"
+        assert (await client.predict("linear", {"x": x_input()})).version == 2
+
+
+# numpy dtypes end to end
+
+
+@pytest.fixture
+async def identity_server(tmp_path: Path) -> AsyncIterator[OrtServer]:
+    models = {}
+    for name, (elem, _) in DTYPES.items():
+        path = tmp_path / f"id-{name}.onnx"
+        onnx_models.identity(path, elem=elem, shape=("N", 3))
+        models[f"id-{name}"] = path
+    server = make_server(tmp_path / "data", models)
+    await server.start()
+    yield server
+    await server.stop(0)
+
+
+async def test_dtype_round_trips(identity_server: OrtServer) -> None:
+    address = f"127.0.0.1:{identity_server.port}"
+    async with AsyncClient(address) as client:
+        for name, (_, value) in DTYPES.items():
+            result = await client.predict(f"id-{name}", {"x": value})
+            got = result.outputs["y"]
+            if name == "string":
+                assert got.tolist() == [[s.encode() for s in row] for row in value.tolist()]
+            else:
+                assert got.dtype == value.dtype, name
+                np.testing.assert_array_equal(got, value, err_msg=name)
+
+    def sync_round_trip() -> None:
+        with Client(address) as client:
+            for name, (_, value) in DTYPES.items():
+                if name != "string":
+                    got = client.predict(f"id-{name}", {"x": value}).outputs["y"]
+                    assert got.dtype == value.dtype
+                    np.testing.assert_array_equal(got, value)
+
+    await asyncio.to_thread(sync_round_trip)
