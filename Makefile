@@ -22,8 +22,8 @@ serve: $(STAMP)
 	$(VENV)/bin/ortserve serve --examples --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT) --data-dir $(DATA_DIR)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests scripts
-	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts bench
+	$(VENV)/bin/ruff format --check src tests scripts bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -47,6 +47,9 @@ pytest: $(STAMP) triton-venv clients-toolchains
 	$(VENV)/bin/pytest
 
 test: lint typecheck protos-check buf-lint pytest
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .venv-triton clients/cpp/build clients/node/dist clients/node/node_modules
