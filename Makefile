@@ -37,6 +37,9 @@ protos-check: $(STAMP)
 buf-lint: $(STAMP)
 	$(VENV)/bin/buf lint
 
+buf-breaking: $(STAMP)
+	bash scripts/buf_breaking.sh
+
 triton-venv:
 	bash scripts/triton_venv.sh
 
@@ -46,7 +49,7 @@ clients-toolchains:
 pytest: $(STAMP) triton-venv clients-toolchains
 	$(VENV)/bin/pytest
 
-test: lint typecheck protos-check buf-lint pytest
+test: lint typecheck protos-check buf-lint buf-breaking pytest
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
