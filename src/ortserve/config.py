@@ -39,7 +39,7 @@ class ServerConfig:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     # Fail a load when a preferred provider is unavailable instead of recording the fallback.
     strict_providers: bool = False
-    # ONNX Runtime intra-op threads per session; 0: cores / executor threads.
+    # ONNX Runtime intra-op threads per session; 0: cores / the version's max_concurrent_batches.
     intra_op_threads: int = 0
     # Threads running ONNX Runtime; 0: the machine's cores.
     executor_threads: int = 0
@@ -48,6 +48,8 @@ class ServerConfig:
     load_on_start: bool = True
     # How often each server polls the registry revision to converge with other replicas.
     poll_interval_s: float = 1.0
+    # Batches expected to compute in less than this run on the event loop (no thread hop); 0: never.
+    inline_compute_us: int = 100
     # Evict unreferenced versions, least recently used first, above this much memory; 0: no limit.
     memory_budget_bytes: int = 0
     # Register the example models when the registry is empty.

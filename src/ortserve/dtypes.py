@@ -49,6 +49,7 @@ BY_NAME = {d.name: d for d in ALL}
 BY_ORT = {d.ort: d for d in ALL}
 BY_ONNX = {d.onnx: d for d in ALL}
 BYTES = BY_NAME["BYTES"]
+BY_NUMPY = {d.numpy: d for d in ALL}
 
 
 def by_name(name: str, what: str) -> DType:
@@ -62,9 +63,12 @@ def by_name(name: str, what: str) -> DType:
 
 def of_array(array: np.ndarray) -> DType:
     """The type of a numpy array; str and bytes arrays are BYTES."""
+    found = BY_NUMPY.get(array.dtype)
+    if found is not None:
+        return found
     if array.dtype.kind in "OUS":
         return BYTES
-    for d in ALL:
-        if d.numpy == array.dtype:
-            return d
+    native = BY_NUMPY.get(array.dtype.newbyteorder("="))
+    if native is not None:
+        return native
     raise InvalidInput(f"numpy dtype {array.dtype} has no ONNX tensor type")

@@ -49,7 +49,7 @@ class BatchingSettings:
     max_queue_delay_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 1024
-    max_concurrent_batches: int = 2
+    max_concurrent_batches: int = 1
 
     def __post_init__(self) -> None:
         if self.max_batch_size is not None and self.max_batch_size < 0:

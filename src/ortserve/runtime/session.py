@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -36,7 +37,9 @@ class SessionDefaults:
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     strict_providers: bool = False
-    intra_op_threads: int = 1
+    # 0: the machine's cores divided by the version's concurrent batches, so that a version
+    # running its batches at once uses every core and no more.
+    intra_op_threads: int = 0
 
 
 class OrtSession:
@@ -61,10 +64,13 @@ class OrtSession:
         return results
 
 
-def session_options(settings: SessionSettings, defaults: SessionDefaults) -> ort.SessionOptions:
+def session_options(
+    settings: SessionSettings, defaults: SessionDefaults, concurrent: int = 1
+) -> ort.SessionOptions:
+    auto_threads = max(1, (os.cpu_count() or 1) // max(1, concurrent))
     opts = ort.SessionOptions()
     opts.graph_optimization_level = _LEVELS[settings.graph_optimization_level]
-    opts.intra_op_num_threads = settings.intra_op_num_threads or defaults.intra_op_threads
+    opts.intra_op_num_threads = settings.intra_op_num_threads or defaults.intra_op_threads or auto_threads
     opts.inter_op_num_threads = settings.inter_op_num_threads or 1
     opts.execution_mode = (
         ort.ExecutionMode.ORT_PARALLEL
@@ -87,7 +93,10 @@ def create_session(record: ModelVersionRecord, defaults: SessionDefaults) -> Ort
     options = [dict(p.options) for p in plan.providers]
     try:
         session = ort.InferenceSession(
-            record.path, session_options(record.session, defaults), providers=names, provider_options=options
+            record.path,
+            session_options(record.session, defaults, record.batching.max_concurrent_batches),
+            providers=names,
+            provider_options=options,
         )
     except Exception as exc:  # ORT raises several unrelated types for a bad model or option
         raise FailedPrecondition(

@@ -33,6 +33,7 @@ DEADLINE_MARGIN = 1.2  # the compute estimate is stretched by this much before i
 
 
 class Flush(enum.StrEnum):
+    IMMEDIATE = "immediate"  # nothing queued and the compute is tiny: run in the caller's task
     FULL = "full"
     PREFERRED = "preferred"
     DELAY = "delay"
@@ -48,6 +49,9 @@ class BatcherConfig:
     preferred_batch_sizes: tuple[int, ...]
     max_queue_size: int
     max_concurrent_batches: int
+    # Batches expected to compute faster than this run on the event loop itself: for tiny
+    # models a hop to the executor costs more than the computation. 0 always uses the executor.
+    inline_compute_us: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -91,6 +95,7 @@ class Batcher:
         self._observer = observer
         self._max = max(1, config.max_batch_size)
         self._delay_ns = config.max_queue_delay_us * 1000
+        self._inline_ns = config.inline_compute_us * 1000
         self._preferred = tuple(sorted(p for p in config.preferred_batch_sizes if p <= self._max))
         self._queues: dict[int, deque[_Item]] = {}
         self._priorities: list[int] = []
@@ -118,6 +123,10 @@ class Batcher:
         priority: int = 0,
     ) -> tuple[list[np.ndarray], Timing]:
         """Queue one request and wait for its share of a batch's outputs."""
+        if not self._queued and self._inline_ns and not self._closed:
+            estimate = self.latency.estimate(rows)
+            if estimate is not None and estimate <= self._inline_ns:
+                return self._run_now(feeds, outputs, rows)
         item = self._admit(feeds, outputs, rows, deadline)
         queue = self._queues.get(priority)
         if queue is None:
@@ -138,6 +147,20 @@ class Batcher:
         finally:
             if item.timer is not None:
                 item.timer.cancel()
+
+    def _run_now(
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str], rows: int
+    ) -> tuple[list[np.ndarray], Timing]:
+        """The idle fast path: nothing to batch with, and queueing would cost more than computing."""
+        self._observer.flushed(Flush.IMMEDIATE)
+        start = time.perf_counter_ns()
+        try:
+            arrays = self._session.run(feeds, outputs)
+        except Exception as exc:
+            raise self._batch_error(exc, 1) from exc
+        ns = time.perf_counter_ns() - start
+        self._account(rows, (0, ns, 0))
+        return arrays, Timing(0, ns, rows, self._session.provider)
 
     def _expire(self, item: _Item) -> None:
         assert item.deadline_ns is not None
@@ -189,9 +212,33 @@ class Batcher:
             running = _Running(items)
             for item in items:
                 item.batch = running
+            if self._runs_inline(items):
+                self._execute_inline(running)
+                continue
             task = asyncio.create_task(self._execute(running))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    def _runs_inline(self, items: list[_Item]) -> bool:
+        if not self._inline_ns:
+            return False
+        estimate = self.latency.estimate(sum(item.rows for item in items))
+        return estimate is not None and estimate <= self._inline_ns
+
+    def _execute_inline(self, running: _Running) -> None:
+        """Compute on the event loop: no thread hop, no task; the loop is busy for microseconds."""
+        try:
+            items = [i for i in running.items if not i.future.done()]
+            if items:
+                start = time.monotonic_ns()
+                try:
+                    outcome = self._compute(items, running.options)
+                except Exception as exc:
+                    self._fail(items, exc)
+                else:
+                    self._deliver(items, start, *outcome)
+        finally:
+            self._slots.release()
 
     async def _next_batch(self) -> tuple[list[_Item], Flush]:
         while True:
@@ -306,17 +353,30 @@ class Batcher:
         try:
             parts, rows, ns = await loop.run_in_executor(self._executor, self._compute, items, options)
         except Exception as exc:
-            error = self._batch_error(exc, len(items))
-            for item in items:
-                if not item.future.done():
-                    item.future.set_exception(error)
+            self._fail(items, exc)
             return
+        self._deliver(items, start, parts, rows, ns)
+
+    def _fail(self, items: list[_Item], exc: Exception) -> None:
+        error = self._batch_error(exc, len(items))
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def _deliver(
+        self,
+        items: list[_Item],
+        start: int,
+        parts: list[list[np.ndarray]],
+        rows: int,
+        ns: tuple[int, int, int],
+    ) -> None:
         self._account(rows, ns)
         compute = sum(ns)
+        provider = self._session.provider
         for item, arrays in zip(items, parts, strict=True):
             if not item.future.done():
-                timing = Timing(start - item.enqueued_ns, compute, rows, self._session.provider)
-                item.future.set_result((arrays, timing))
+                item.future.set_result((arrays, Timing(start - item.enqueued_ns, compute, rows, provider)))
 
     def _compute(
         self, items: list[_Item], options: ort.RunOptions

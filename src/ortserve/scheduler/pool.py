@@ -74,12 +74,14 @@ class ModelPool:
         observe: Callable[[str, int], VersionObserver] = lambda model, version: NullObserver(),
         *,
         memory_budget_bytes: int = 0,
+        inline_compute_us: int = 0,
         events: EventBus | None = None,
     ) -> None:
         self._executor = executor
         self._defaults = defaults
         self._observe = observe
         self._budget = memory_budget_bytes
+        self._inline_compute_us = inline_compute_us
         self.events = events or EventBus()
         self._models: dict[str, dict[int, VersionSlot]] = {}
         self._snapshot = RouteSnapshot(revision=0, aliases={}, policies={})
@@ -242,7 +244,7 @@ class ModelPool:
             session,
             self._executor,
             slot.stats,
-            batcher_config(record),
+            batcher_config(record, self._inline_compute_us),
             name=f"model {record.model!r} version {record.version}",
             observer=slot.observer,
         )
@@ -310,7 +312,7 @@ class ModelPool:
             raise NotFound(f"model {model!r} is not registered") from None
 
 
-def batcher_config(record: ModelVersionRecord) -> BatcherConfig:
+def batcher_config(record: ModelVersionRecord, inline_compute_us: int = 0) -> BatcherConfig:
     """Batching is on by default when axis 0 is a dynamic batch axis, and impossible otherwise."""
     settings = record.batching
     size = settings.max_batch_size
@@ -324,6 +326,7 @@ def batcher_config(record: ModelVersionRecord) -> BatcherConfig:
         preferred_batch_sizes=settings.preferred_batch_sizes,
         max_queue_size=settings.max_queue_size,
         max_concurrent_batches=settings.max_concurrent_batches,
+        inline_compute_us=inline_compute_us,
     )
 
 

@@ -56,8 +56,7 @@ class Components:
 def _threads(config: ServerConfig) -> tuple[int, int]:
     cores = os.cpu_count() or 1
     executor = config.executor_threads or cores
-    intra = config.intra_op_threads or max(1, cores // executor)
-    return executor, intra
+    return executor, config.intra_op_threads
 
 
 def build_server(config: ServerConfig) -> Components:
@@ -70,7 +69,13 @@ def build_server(config: ServerConfig) -> Components:
     executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="ort")
     defaults = SessionDefaults(config.providers, config.strict_providers, intra)
     metrics = Metrics()
-    pool = ModelPool(executor, defaults, metrics.for_version, memory_budget_bytes=config.memory_budget_bytes)
+    pool = ModelPool(
+        executor,
+        defaults,
+        metrics.for_version,
+        memory_budget_bytes=config.memory_budget_bytes,
+        inline_compute_us=config.inline_compute_us,
+    )
     health = Health(pool, SERVICE_NAMES)
     control = ControlPlane(
         registry,

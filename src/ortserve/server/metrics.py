@@ -84,7 +84,7 @@ class VersionMetrics:
         self._inflight = metrics.inflight.labels(model, version)
         self._flushes = {
             reason: metrics.flushes.labels(model, version, reason)
-            for reason in ("full", "preferred", "delay", "deadline")
+            for reason in ("immediate", "full", "preferred", "delay", "deadline")
         }
 
     def queue_depth(self, depth: int) -> None:
