@@ -134,7 +134,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _add_models(sub: Any) -> None:
-    p = sub.add_parser("models", help="register, list and show models (through a running server)")
+    p = sub.add_parser("models", help="register, list, show and roll out models (through a running server)")
     msub = p.add_subparsers(required=True, metavar="ACTION")
     reg = msub.add_parser("register", help="upload an ONNX file as a new version")
     reg.add_argument("path", type=Path)
@@ -153,8 +153,15 @@ def _add_models(sub: Any) -> None:
     show.add_argument("name")
     show.set_defaults(run=_models_show)
     for q in (reg, ls, show):
-        q.add_argument("--server", default=DEFAULT_SERVER)
-        q.add_argument("--json", action="store_true", help="machine-readable output")
+        _client_flags(q)
+    from ortserve.rollout_cli import add_rollout_commands
+
+    add_rollout_commands(msub, _client_flags)
+
+
+def _client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=DEFAULT_SERVER)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -223,7 +230,16 @@ def _version_dict(v: Any) -> dict[str, Any]:
 
 
 def _model_dict(m: Any) -> dict[str, Any]:
-    return {"name": m.name, "description": m.description, "versions": [_version_dict(v) for v in m.versions]}
+    from dataclasses import asdict
+
+    return {
+        "name": m.name,
+        "description": m.description,
+        "aliases": m.aliases,
+        "traffic": asdict(m.traffic) if m.traffic else None,
+        "shadow": asdict(m.shadow) if m.shadow else None,
+        "versions": [_version_dict(v) for v in m.versions],
+    }
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:

@@ -92,3 +92,55 @@ def test_config_show_and_db_upgrade(tmp_path: Path) -> None:
     assert shown["port"] == 9123 and shown["data_dir"] == str(tmp_path)
     out = ortserve("db", "upgrade", "--data-dir", str(tmp_path)).stdout
     assert "is up to date" in out and (tmp_path / "registry.db").exists()
+
+
+def test_rollout_walkthrough(served: tuple[str, Path]) -> None:
+    """The README's rollout walkthrough, command by command."""
+    address, tmp = served
+    for seed in (1, 2):
+        onnx_models.linear(tmp / f"fraud-{seed}.onnx", seed=seed)
+        ortserve(
+            "models", "register", str(tmp / f"fraud-{seed}.onnx"), "--name", "fraud", "--server", address
+        )
+    assert (
+        "production -> version 1" in ortserve("models", "promote", "fraud", "1", "--server", address).stdout
+    )
+    out = ortserve(
+        "models", "traffic", "set", "fraud", "1=90", "2=10", "--sticky", "--server", address
+    ).stdout
+    assert "traffic 1=90 2=10 (sticky)" in out
+    assert (
+        "shadow 2 gets 0.5"
+        in ortserve("models", "shadow", "set", "fraud", "2", "--share", "0.5", "--server", address).stdout
+    )
+    shown = json.loads(ortserve("models", "show", "fraud", "--server", address).stdout)
+    assert shown["aliases"] == {"production": 1}
+    assert shown["traffic"]["weights"] == {"1": 90, "2": 10} and shown["traffic"]["sticky"]
+    ortserve("models", "traffic", "clear", "fraud", "--server", address)
+    ortserve("models", "shadow", "clear", "fraud", "--server", address)
+    assert (
+        "production -> version 2 (was 1)"
+        in ortserve("models", "promote", "fraud", "2", "--server", address).stdout
+    )
+    out = json.loads(ortserve("predict", "fraud", "--server", address, "--input", f"x={[[0.5] * 16]}").stdout)
+    assert out["version"] == 2
+    assert "rolled back to version 1" in ortserve("models", "rollback", "fraud", "--server", address).stdout
+    refused = ortserve("models", "retire", "fraud", "1", "--server", address, check=False)
+    assert refused.returncode == 1 and "used by alias 'production'" in refused.stderr
+    assert "version 2 retired" in ortserve("models", "retire", "fraud", "2", "--server", address).stdout
+    audit = ortserve("models", "audit", "fraud", "--server", address).stdout.splitlines()
+    actions = [line.split()[2] for line in audit]
+    assert actions == [
+        "retire",
+        "rollback",
+        "promote",
+        "shadow.set",
+        "traffic.set",
+        "shadow.set",
+        "traffic.set",
+        "promote",
+        "register",
+        "register",
+    ]
+    bad = ortserve("models", "traffic", "set", "fraud", "1=lots", "--server", address, check=False)
+    assert bad.returncode == 2 and "TARGET=WEIGHT with a whole number" in bad.stderr

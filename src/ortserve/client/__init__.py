@@ -7,13 +7,19 @@ retries on UNAVAILABLE with backoff), TLS / mutual TLS and a bearer token.
 from ortserve.client.aio import AsyncClient
 from ortserve.client.channel import RetryPolicy
 from ortserve.client.client import Client, ModelInfo, Prediction, StreamMessageError, VersionInfo
+from ortserve.client.rollout import AliasInfo, AuditEntry, ModelEvent, ShadowInfo, TrafficInfo
 
 __all__ = [
+    "AliasInfo",
     "AsyncClient",
+    "AuditEntry",
     "Client",
+    "ModelEvent",
     "ModelInfo",
     "Prediction",
     "RetryPolicy",
+    "ShadowInfo",
     "StreamMessageError",
+    "TrafficInfo",
     "VersionInfo",
 ]

@@ -37,6 +37,17 @@ from ortserve.client.client import (
     stream_answer,
     version_info_of,
 )
+from ortserve.client.rollout import (
+    AliasInfo,
+    AuditEntry,
+    ModelEvent,
+    TrafficInfo,
+    alias_of,
+    audit_of,
+    event_of,
+    traffic_of,
+    traffic_request,
+)
 
 
 class AsyncClient:
@@ -286,3 +297,66 @@ def _stream_request(
             model, feeds, version=version, outputs=outputs, routing_key=routing_key, priority=priority
         ),
     )
+
+    # --- rollout --------------------------------------------------------------------------
+
+    async def _admin(self, rpc: str, request: Any, timeout: float | None) -> Any:
+        return await getattr(self._registry, rpc)(
+            request, timeout=self._deadline(timeout), metadata=self._metadata
+        )
+
+    async def promote(
+        self, name: str, version: int, *, alias: str = "production", timeout: float | None = None
+    ) -> AliasInfo:
+        return await self.set_alias(name, alias, version, timeout=timeout)
+
+    async def set_alias(
+        self, name: str, alias: str, version: int, *, timeout: float | None = None
+    ) -> AliasInfo:
+        request = rpb.SetAliasRequest(name=name, alias=alias, version=version)
+        return alias_of((await self._admin("SetAlias", request, timeout)).alias)
+
+    async def delete_alias(self, name: str, alias: str, *, timeout: float | None = None) -> None:
+        await self._admin("DeleteAlias", rpb.DeleteAliasRequest(name=name, alias=alias), timeout)
+
+    async def rollback(
+        self, name: str, *, alias: str = "production", timeout: float | None = None
+    ) -> AliasInfo:
+        response = await self._admin("Rollback", rpb.RollbackRequest(name=name, alias=alias), timeout)
+        return alias_of(response.alias)
+
+    async def set_traffic(
+        self,
+        name: str,
+        weights: Mapping[str | int, int],
+        *,
+        sticky: bool = False,
+        timeout: float | None = None,
+    ) -> TrafficInfo:
+        response = await self._admin("SetTrafficPolicy", traffic_request(name, weights, sticky), timeout)
+        return traffic_of(response.policy)
+
+    async def set_shadow(
+        self, name: str, target: str | int, share: float, *, timeout: float | None = None
+    ) -> TrafficInfo:
+        request = rpb.SetShadowRequest(name=name, target=str(target), share=share)
+        return traffic_of((await self._admin("SetShadow", request, timeout)).policy)
+
+    async def retire(self, name: str, version: int, *, timeout: float | None = None) -> VersionInfo:
+        request = rpb.RetireModelVersionRequest(name=name, version=version)
+        return version_info_of((await self._admin("RetireModelVersion", request, timeout)).version)
+
+    async def audit(
+        self, name: str = "", *, limit: int = 100, timeout: float | None = None
+    ) -> list[AuditEntry]:
+        request = rpb.ListAuditEventsRequest(name=name, limit=limit)
+        return [audit_of(e) for e in (await self._admin("ListAuditEvents", request, timeout)).events]
+
+    async def watch(self, names: Sequence[str] = ()) -> AsyncIterator[ModelEvent]:
+        """Registry changes and load events as they happen, until the caller stops iterating."""
+        stream = self._registry.WatchModels(rpb.WatchModelsRequest(names=names), metadata=self._metadata)
+        try:
+            async for message in stream:
+                yield event_of(message.event)
+        finally:
+            stream.cancel()

@@ -3,10 +3,8 @@
 The result types, the numpy <-> Tensor conversion and the request builders here are shared with
 `ortserve.client.aio.AsyncClient`, which mirrors `Client` method for method.
 
-Registry operations that the API does not have yet (promote, rollback, traffic split, watch) get
-one method each here and in `AsyncClient` when their RPCs land in registry_service.proto: unary
-ones through `self._registry.<Rpc>(request, timeout=..., metadata=self._metadata)` like
-`get_version`, the server stream `watch` as a generator like `predict_stream`.
+Rollout operations (promote, rollback, traffic, shadow, aliases, retire, audit, watch) map one to
+one onto RegistryService RPCs; their result types live in `ortserve.client.rollout`.
 """
 
 from __future__ import annotations
@@ -35,6 +33,19 @@ from ortserve.client.channel import (
     PemSource,
     RetryPolicy,
     plan_channel,
+)
+from ortserve.client.rollout import (
+    AliasInfo,
+    AuditEntry,
+    ModelEvent,
+    ShadowInfo,
+    TrafficInfo,
+    alias_of,
+    audit_of,
+    event_of,
+    shadow_of,
+    traffic_of,
+    traffic_request,
 )
 
 CHUNK_BYTES = 1 << 20
@@ -90,6 +101,10 @@ class ModelInfo:
     name: str
     description: str
     versions: list[VersionInfo]
+    aliases: dict[str, int] = field(default_factory=dict)
+    traffic: TrafficInfo | None = None
+    # Shadow comparison as seen by the server that answered.
+    shadow: ShadowInfo | None = None
 
 
 class StreamMessageError(Exception):
@@ -159,7 +174,14 @@ def version_info_of(v: mpb.ModelVersion) -> VersionInfo:
 
 
 def model_info_of(m: mpb.Model) -> ModelInfo:
-    return ModelInfo(m.name, m.description, [version_info_of(v) for v in m.versions])
+    return ModelInfo(
+        m.name,
+        m.description,
+        [version_info_of(v) for v in m.versions],
+        {a.name: a.version for a in m.aliases},
+        traffic_of(m.traffic) if m.HasField("traffic") else None,
+        shadow_of(m.shadow) if m.HasField("shadow") else None,
+    )
 
 
 def stream_answer(answer: ipb.PredictStreamResponse) -> Prediction:
@@ -291,6 +313,22 @@ class _Stubs:
             _REGISTRY + "UnloadModelVersion",
             rpb.UnloadModelVersionRequest.SerializeToString,
             rpb.UnloadModelVersionResponse.FromString,
+        )
+        for rpc in (
+            "SetAlias",
+            "DeleteAlias",
+            "Rollback",
+            "SetTrafficPolicy",
+            "SetShadow",
+            "RetireModelVersion",
+            "ListAuditEvents",
+        ):
+            request, response = getattr(rpb, rpc + "Request"), getattr(rpb, rpc + "Response")
+            setattr(self, rpc, uu(_REGISTRY + rpc, request.SerializeToString, response.FromString))
+        self.WatchModels = channel.unary_stream(
+            _REGISTRY + "WatchModels",
+            rpb.WatchModelsRequest.SerializeToString,
+            rpb.WatchModelsResponse.FromString,
         )
 
 
@@ -542,3 +580,62 @@ class Client:
         """Drain and unload a version (0: every loaded one) on the server that answers."""
         request = rpb.UnloadModelVersionRequest(name=name, version=version)
         self._registry.UnloadModelVersion(request, timeout=timeout, metadata=self._metadata)
+
+    # --- rollout --------------------------------------------------------------------------
+
+    def _admin(self, rpc: str, request: Any, timeout: float | None) -> Any:
+        return getattr(self._registry, rpc)(request, timeout=self._deadline(timeout), metadata=self._metadata)
+
+    def promote(
+        self, name: str, version: int, *, alias: str = "production", timeout: float | None = None
+    ) -> AliasInfo:
+        """Point `alias` (default production) at `version`; returns once it is warm on the server."""
+        return self.set_alias(name, alias, version, timeout=timeout)
+
+    def set_alias(self, name: str, alias: str, version: int, *, timeout: float | None = None) -> AliasInfo:
+        request = rpb.SetAliasRequest(name=name, alias=alias, version=version)
+        return alias_of(self._admin("SetAlias", request, timeout).alias)
+
+    def delete_alias(self, name: str, alias: str, *, timeout: float | None = None) -> None:
+        self._admin("DeleteAlias", rpb.DeleteAliasRequest(name=name, alias=alias), timeout)
+
+    def rollback(self, name: str, *, alias: str = "production", timeout: float | None = None) -> AliasInfo:
+        """Point `alias` back at the version it followed before its last change."""
+        return alias_of(self._admin("Rollback", rpb.RollbackRequest(name=name, alias=alias), timeout).alias)
+
+    def set_traffic(
+        self,
+        name: str,
+        weights: Mapping[str | int, int],
+        *,
+        sticky: bool = False,
+        timeout: float | None = None,
+    ) -> TrafficInfo:
+        """Weighted split over versions or aliases, e.g. {3: 90, 4: 10}; {} removes the split."""
+        response = self._admin("SetTrafficPolicy", traffic_request(name, weights, sticky), timeout)
+        return traffic_of(response.policy)
+
+    def set_shadow(
+        self, name: str, target: str | int, share: float, *, timeout: float | None = None
+    ) -> TrafficInfo:
+        """Copy `share` of requests to `target` and compare; share 0 removes the shadow."""
+        request = rpb.SetShadowRequest(name=name, target=str(target), share=share)
+        return traffic_of(self._admin("SetShadow", request, timeout).policy)
+
+    def retire(self, name: str, version: int, *, timeout: float | None = None) -> VersionInfo:
+        request = rpb.RetireModelVersionRequest(name=name, version=version)
+        return version_info_of(self._admin("RetireModelVersion", request, timeout).version)
+
+    def audit(self, name: str = "", *, limit: int = 100, timeout: float | None = None) -> list[AuditEntry]:
+        """Registry changes, most recent first."""
+        response = self._admin("ListAuditEvents", rpb.ListAuditEventsRequest(name=name, limit=limit), timeout)
+        return [audit_of(e) for e in response.events]
+
+    def watch(self, names: Sequence[str] = ()) -> Iterator[ModelEvent]:
+        """Registry changes and load events as they happen, until the caller stops iterating."""
+        stream = self._registry.WatchModels(rpb.WatchModelsRequest(names=names), metadata=self._metadata)
+        try:
+            for message in stream:
+                yield event_of(message.event)
+        finally:
+            stream.cancel()

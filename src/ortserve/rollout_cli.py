@@ -1,0 +1,186 @@
+"""`ortserve models` rollout commands: promote, rollback, traffic, shadow, alias, retire, audit, watch.
+
+Each talks to a running server through RegistryService; every change is one registry transaction
+with an audit record, and every replica converges on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from ortserve.errors import OrtserveError
+
+
+def add_rollout_commands(msub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    def command(name: str, help_text: str, run: Callable[[argparse.Namespace, Any], str | None]) -> Any:
+        parser = msub.add_parser(name, help=help_text)
+        common(parser)
+        parser.set_defaults(run=lambda args: _run(args, run))
+        return parser
+
+    p = command("promote", "point an alias (default production) at a version", _promote)
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("--alias", default="production")
+    p = command("rollback", "point an alias back at its previous version", _rollback)
+    p.add_argument("name")
+    p.add_argument("--alias", default="production")
+    _add_traffic(msub, common)
+    _add_shadow(msub, common)
+    _add_alias(msub, common)
+    p = command("retire", "retire a version no alias or policy uses", _retire)
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p = command("audit", "registry changes, most recent first", _audit)
+    p.add_argument("name", nargs="?", default="")
+    p.add_argument("--limit", type=int, default=50)
+    p = command("watch", "stream registry and load events (Ctrl-C to stop)", _watch)
+    p.add_argument("names", nargs="*")
+
+
+def _add_traffic(msub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = msub.add_parser("traffic", help="weighted traffic over versions or aliases")
+    tsub = p.add_subparsers(required=True, metavar="ACTION")
+    s = tsub.add_parser("set", help="e.g. `traffic set fraud 3=90 4=10 --sticky`")
+    s.add_argument("name")
+    s.add_argument("weights", nargs="+", metavar="TARGET=WEIGHT")
+    s.add_argument("--sticky", action="store_true", help="keep each routing key on its version")
+    common(s)
+    s.set_defaults(run=lambda args: _run(args, _traffic_set))
+    c = tsub.add_parser("clear", help="remove the weighted split")
+    c.add_argument("name")
+    common(c)
+    c.set_defaults(run=lambda args: _run(args, _traffic_clear))
+
+
+def _add_shadow(msub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = msub.add_parser("shadow", help="copy a share of requests to a version and compare")
+    ssub = p.add_subparsers(required=True, metavar="ACTION")
+    s = ssub.add_parser("set", help="e.g. `shadow set fraud 4 --share 0.1`")
+    s.add_argument("name")
+    s.add_argument("target", help="version number or alias")
+    s.add_argument("--share", type=float, required=True)
+    common(s)
+    s.set_defaults(run=lambda args: _run(args, _shadow_set))
+    c = ssub.add_parser("clear", help="stop shadowing")
+    c.add_argument("name")
+    common(c)
+    c.set_defaults(run=lambda args: _run(args, _shadow_clear))
+
+
+def _add_alias(msub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = msub.add_parser("alias", help="named pointers to versions")
+    asub = p.add_subparsers(required=True, metavar="ACTION")
+    s = asub.add_parser("set", help="e.g. `alias set fraud canary 4`")
+    s.add_argument("name")
+    s.add_argument("alias")
+    s.add_argument("version", type=int)
+    common(s)
+    s.set_defaults(run=lambda args: _run(args, _alias_set))
+    d = asub.add_parser("delete")
+    d.add_argument("name")
+    d.add_argument("alias")
+    common(d)
+    d.set_defaults(run=lambda args: _run(args, _alias_delete))
+
+
+def _run(args: argparse.Namespace, action: Callable[[argparse.Namespace, Any], str | None]) -> int:
+    from ortserve.client import Client
+
+    with Client(args.server) as client:
+        text = action(args, client)
+    if text is not None:
+        print(text)
+    return 0
+
+
+def _out(args: argparse.Namespace, value: Any, text: str) -> str:
+    return json.dumps(asdict(value), indent=2, default=str) if args.json else text
+
+
+def _promote(args: argparse.Namespace, client: Any) -> str:
+    alias = client.set_alias(args.name, args.alias, args.version)
+    return _out(
+        args, alias, f"{args.name}: {alias.name} -> version {alias.version} (was {alias.previous_version})"
+    )
+
+
+def _rollback(args: argparse.Namespace, client: Any) -> str:
+    alias = client.rollback(args.name, alias=args.alias)
+    return _out(args, alias, f"{args.name}: {alias.name} rolled back to version {alias.version}")
+
+
+def _traffic_set(args: argparse.Namespace, client: Any) -> str:
+    weights = {}
+    for item in args.weights:
+        target, sep, weight = item.partition("=")
+        if not sep or not weight.strip().isdigit():
+            raise OrtserveError(f"traffic weights are TARGET=WEIGHT with a whole number, got {item!r}")
+        weights[target] = int(weight)
+    policy = client.set_traffic(args.name, weights, sticky=args.sticky)
+    return _out(args, policy, f"{args.name}: traffic {_weights(policy)}")
+
+
+def _traffic_clear(args: argparse.Namespace, client: Any) -> str:
+    policy = client.set_traffic(args.name, {})
+    return _out(args, policy, f"{args.name}: weighted traffic removed")
+
+
+def _shadow_set(args: argparse.Namespace, client: Any) -> str:
+    policy = client.set_shadow(args.name, args.target, args.share)
+    return _out(
+        args, policy, f"{args.name}: shadow {policy.shadow_target} gets {policy.shadow_share:g} of requests"
+    )
+
+
+def _shadow_clear(args: argparse.Namespace, client: Any) -> str:
+    policy = client.set_shadow(args.name, "", 0.0)
+    return _out(args, policy, f"{args.name}: shadow removed")
+
+
+def _alias_set(args: argparse.Namespace, client: Any) -> str:
+    alias = client.set_alias(args.name, args.alias, args.version)
+    return _out(args, alias, f"{args.name}: {alias.name} -> version {alias.version}")
+
+
+def _alias_delete(args: argparse.Namespace, client: Any) -> str:
+    client.delete_alias(args.name, args.alias)
+    return f"{args.name}: alias {args.alias} deleted"
+
+
+def _retire(args: argparse.Namespace, client: Any) -> str:
+    version = client.retire(args.name, args.version)
+    return f"{args.name}: version {version.version} retired"
+
+
+def _audit(args: argparse.Namespace, client: Any) -> str:
+    entries = client.audit(args.name, limit=args.limit)
+    if args.json:
+        return json.dumps([asdict(e) for e in entries], indent=2, default=str)
+    return "\n".join(
+        f"{e.time:%Y-%m-%d %H:%M:%S}  {e.action:<12} {e.model} v{e.version or '-'}  by {e.actor or '-'}  "
+        f"{json.dumps(e.before)} -> {json.dumps(e.after)}"
+        for e in entries
+    )
+
+
+def _watch(args: argparse.Namespace, client: Any) -> None:
+    try:
+        for event in client.watch(args.names):
+            if args.json:
+                print(json.dumps(asdict(event)), flush=True)
+            else:
+                state = f" {event.state}" if event.state else ""
+                where = f"{event.model} v{event.version}{state}"
+                print(f"r{event.revision} {event.kind:<10} {where} {event.detail}", flush=True)
+    except KeyboardInterrupt:
+        pass
+
+
+def _weights(policy: Any) -> str:
+    sticky = " (sticky)" if policy.sticky else ""
+    return " ".join(f"{t}={w}" for t, w in policy.weights.items()) + sticky
