@@ -280,24 +280,6 @@ class AsyncClient:
         request = rpb.UnloadModelVersionRequest(name=name, version=version)
         await self._registry.UnloadModelVersion(request, timeout=timeout, metadata=self._metadata)
 
-
-def _stream_request(
-    i: int,
-    model: str,
-    feeds: Inputs,
-    *,
-    version: str | int | None,
-    outputs: Sequence[str],
-    routing_key: str | None,
-    priority: int,
-) -> ipb.PredictStreamRequest:
-    return ipb.PredictStreamRequest(
-        id=str(i),
-        request=predict_request(
-            model, feeds, version=version, outputs=outputs, routing_key=routing_key, priority=priority
-        ),
-    )
-
     # --- rollout --------------------------------------------------------------------------
 
     async def _admin(self, rpc: str, request: Any, timeout: float | None) -> Any:
@@ -360,3 +342,21 @@ def _stream_request(
                 yield event_of(message.event)
         finally:
             stream.cancel()
+
+
+def _stream_request(
+    i: int,
+    model: str,
+    feeds: Inputs,
+    *,
+    version: str | int | None,
+    outputs: Sequence[str],
+    routing_key: str | None,
+    priority: int,
+) -> ipb.PredictStreamRequest:
+    return ipb.PredictStreamRequest(
+        id=str(i),
+        request=predict_request(
+            model, feeds, version=version, outputs=outputs, routing_key=routing_key, priority=priority
+        ),
+    )
