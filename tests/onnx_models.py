@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ortserve.examples import linear_model
+
 OPSET = 17
 
 
@@ -30,18 +32,12 @@ def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
 def linear(
     path: Path | None = None, n_in: int = 16, n_out: int = 4, seed: int = 0, bias: float = 0.0
 ) -> bytes:
-    """y[N, n_out] = x[N, n_in] @ W + b, with a dynamic batch axis."""
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((n_in, n_out)).astype(np.float32)
-    b = np.full((n_out,), bias, dtype=np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_in])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n_out])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
-    )
-    return _save(_model(graph), path)
+    """y[N, n_out] = x[N, n_in] @ W + b, with a dynamic batch axis (the example model `linear`)."""
+    data = linear_model(n_in, n_out, seed, bias)
+    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+    if path is not None:
+        path.write_bytes(data)
+    return data
 
 
 def add(path: Path | None = None, elem: int = TensorProto.FLOAT, width: int = 4) -> bytes:
