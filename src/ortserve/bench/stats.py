@@ -36,6 +36,8 @@ class ServerTiming:
     compute_us_mean: float
     compute_us_p50: float
     compute_us_p99: float
+    # queue + compute per request as the server timed it: the batcher's share of the latency
+    in_server_us_p99: float
     batch_size_mean: float
     batch_size_max: int
 
@@ -86,6 +88,7 @@ def server_timing(
         compute_us_mean=sum(compute_us) / n,
         compute_us_p50=percentile(compute_sorted, 50.0),
         compute_us_p99=percentile(compute_sorted, 99.0),
+        in_server_us_p99=percentile(sorted(q + c for q, c in zip(queue_us, compute_us, strict=False)), 99.0),
         batch_size_mean=sum(batch_sizes) / max(1, len(batch_sizes)),
         batch_size_max=max(batch_sizes, default=0),
     )
