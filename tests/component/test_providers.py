@@ -1,0 +1,142 @@
+"""A version that prefers CUDA on a machine without it: recorded fallback to CPU, or with strict
+providers a FAILED version that takes no traffic while the previous one keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from grpc import aio
+from structlog.testing import capture_logs
+
+from ortserve.api.v1 import inference_service_pb2 as ipb
+from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
+from ortserve.api.v1 import model_pb2 as mpb
+from ortserve.api.v1 import registry_service_pb2 as rpb
+from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
+from ortserve.client.client import to_tensor
+from ortserve.config import ServerConfig, load_config
+from ortserve.registry.records import ProviderSpec
+from ortserve.server.app import OrtServer
+from tests import onnx_models
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+CUDA_FIRST = (ProviderSpec(CUDA), ProviderSpec(CPU))
+X = np.ones((1, 16), np.float32)
+
+pytestmark = pytest.mark.skipif(
+    CUDA in ort.get_available_providers(),
+    reason="ONNX Runtime offers CUDAExecutionProvider here: the no-CUDA fallback does not apply",
+)
+
+
+class Running:
+    def __init__(self, server: OrtServer, channel: aio.Channel) -> None:
+        self.server = server
+        self.inference = ipb_grpc.InferenceServiceStub(channel)
+        self.registry = rpb_grpc.RegistryServiceStub(channel)
+
+    async def register(self, path: Path, providers: tuple[ProviderSpec, ...], **build: Any) -> int:
+        onnx_models.linear(path, **build)
+        control = self.server.parts.control
+        record = await asyncio.to_thread(control.registry.register_file, path, "m", providers=providers)
+        await control.refresh()
+        await control.settle()
+        return record.version
+
+    async def version(self, number: int) -> mpb.ModelVersion:
+        request = rpb.GetModelVersionRequest(name="m", version=number)
+        return (await self.registry.GetModelVersion(request)).version
+
+    async def predict(self, version: str = "") -> ipb.PredictResponse:
+        return await self.inference.Predict(
+            ipb.PredictRequest(model="m", version=version, inputs=[to_tensor("x", X)]), timeout=10
+        )
+
+
+@asynccontextmanager
+async def serving(config: ServerConfig) -> AsyncIterator[Running]:
+    server = OrtServer(config)
+    port = await server.start()
+    channel = aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Running(server, channel)
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+def plain(tmp_path: Path) -> ServerConfig:
+    return ServerConfig(port=0, metrics_port=0, data_dir=str(tmp_path / "data"))
+
+
+def strict_by_argument(tmp_path: Path) -> ServerConfig:
+    return ServerConfig(port=0, metrics_port=0, data_dir=str(tmp_path / "data"), strict_providers=True)
+
+
+def strict_by_environment(tmp_path: Path) -> ServerConfig:
+    environ = {"ORTSERVE_STRICT_PROVIDERS": "true", "ORTSERVE_DATA_DIR": str(tmp_path / "data")}
+    return load_config(environ=environ, overrides={"port": 0, "metrics_port": 0})
+
+
+async def test_without_cuda_a_cuda_first_version_falls_back_to_cpu_visibly(tmp_path: Path) -> None:
+    async with serving(plain(tmp_path)) as running:
+        with capture_logs() as logs:
+            version = await running.register(tmp_path / "m.onnx", CUDA_FIRST)
+        shown = await running.version(version)
+        assert shown.state == mpb.VERSION_STATE_READY, shown.error
+        assert [p.name for p in shown.providers] == [CUDA, CPU]  # the preference as registered
+        assert list(shown.active_providers) == [CPU]
+        warnings = [e for e in logs if e["event"] == "provider_fallback"]
+        assert len(warnings) == 1, logs
+        assert warnings[0]["log_level"] == "warning"
+        assert warnings[0]["missing"] == [CUDA] and warnings[0]["version"] == version
+        response = await running.predict()
+        assert response.model_version == version and response.timing.provider == CPU
+
+
+@pytest.mark.parametrize("config", [strict_by_argument, strict_by_environment])
+async def test_strict_providers_fail_a_cuda_version_and_keep_the_previous_one(
+    tmp_path: Path, config: Callable[[Path], ServerConfig]
+) -> None:
+    async with serving(config(tmp_path)) as running:
+        assert running.server.config.strict_providers is True
+        good = await running.register(tmp_path / "good.onnx", (ProviderSpec(CPU),), seed=1)
+        await running.registry.SetAlias(rpb.SetAliasRequest(name="m", alias="production", version=good))
+        assert (await running.predict()).model_version == good
+
+        cuda = await running.register(tmp_path / "cuda.onnx", CUDA_FIRST, seed=2)
+        shown = await running.version(cuda)
+        assert shown.state == mpb.VERSION_STATE_FAILED
+        assert CUDA in shown.error and "not available" in shown.error
+        assert list(shown.active_providers) == []
+
+        for _ in range(10):
+            response = await running.predict()
+            assert response.model_version == good and response.timing.provider == CPU
+        with pytest.raises(aio.AioRpcError) as refused:
+            await running.registry.SetAlias(rpb.SetAliasRequest(name="m", alias="production", version=cuda))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert CUDA in (refused.value.details() or "")
+        with pytest.raises(aio.AioRpcError) as pinned:
+            await running.predict(str(cuda))
+        assert pinned.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert (await running.predict("production")).model_version == good
+
+
+async def test_strict_providers_without_an_alias_route_to_the_latest_ready_version(tmp_path: Path) -> None:
+    async with serving(strict_by_argument(tmp_path)) as running:
+        good = await running.register(tmp_path / "good.onnx", (ProviderSpec(CPU),), seed=1)
+        cuda = await running.register(tmp_path / "cuda.onnx", CUDA_FIRST, seed=2)
+        assert cuda > good
+        assert (await running.version(cuda)).state == mpb.VERSION_STATE_FAILED
+        for _ in range(10):
+            assert (await running.predict()).model_version == good
