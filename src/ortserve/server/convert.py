@@ -47,15 +47,6 @@ def array_from_tensor(tensor: tpb.Tensor, model: str) -> np.ndarray:
     return tensors.decode(tensor.raw_data, dtype, tensor.shape, what, text=True)
 
 
-def tensor_from_array(name: str, array: np.ndarray) -> tpb.Tensor:
-    return tpb.Tensor(
-        name=name,
-        data_type=_ENUM_BY_DTYPE[dtypes.of_array(array)],
-        shape=array.shape,
-        raw_data=tensors.encode(array),
-    )
-
-
 def predict_call(request: ipb.PredictRequest, timeout_s: float | None) -> PredictCall:
     if not request.model:
         raise InvalidInput("request names no model")
@@ -79,18 +70,24 @@ def predict_call(request: ipb.PredictRequest, timeout_s: float | None) -> Predic
 
 
 def predict_response(result: PredictResult) -> ipb.PredictResponse:
-    timing = result.timing
-    return ipb.PredictResponse(
-        outputs=[tensor_from_array(name, array) for name, array in result.outputs.items()],
-        model=result.model,
-        model_version=result.version,
-        timing=ipb.Timing(
-            queue_us=timing.queue_ns // 1000,
-            compute_us=timing.compute_ns // 1000,
-            batch_size=timing.batch_size,
-            provider=timing.provider,
-        ),
-    )
+    response = ipb.PredictResponse()
+    fill_predict_response(response, result)
+    return response
+
+
+def fill_predict_response(response: ipb.PredictResponse, result: PredictResult) -> None:
+    """Write `result` into `response` in place (a stream answer embeds it without a copy)."""
+    for name, array in result.outputs.items():
+        tensor = response.outputs.add(name=name, data_type=_ENUM_BY_DTYPE[dtypes.of_array(array)])
+        tensor.shape.extend(array.shape)
+        tensor.raw_data = tensors.encode(array)
+    response.model = result.model
+    response.model_version = result.version
+    timing, out = result.timing, response.timing
+    out.queue_us = timing.queue_ns // 1000
+    out.compute_us = timing.compute_ns // 1000
+    out.batch_size = timing.batch_size
+    out.provider = timing.provider
 
 
 def spec_to_pb(spec: TensorSpec) -> tpb.TensorSpec:

@@ -38,7 +38,9 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
             return ipb.PredictStreamResponse(
                 id=message.id, error=ipb.StreamError(code=code.value[0], message=text)
             )
-        return ipb.PredictStreamResponse(id=message.id, response=convert.predict_response(result))
+        answer = ipb.PredictStreamResponse(id=message.id)
+        convert.fill_predict_response(answer.response, result)
+        return answer
 
     async def GetModelSignature(
         self, request: ipb.GetModelSignatureRequest, context: Context
