@@ -33,7 +33,7 @@ def linear(
     path: Path | None = None, n_in: int = 16, n_out: int = 4, seed: int = 0, bias: float = 0.0
 ) -> bytes:
     """y[N, n_out] = x[N, n_in] @ W + b, with a dynamic batch axis (the example model `linear`)."""
-    data = linear_model(n_in, n_out, seed, bias)
+    data = linear_model(n_in, n_out, seed, bias, producer="ortserve-tests")
     onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
     if path is not None:
         path.write_bytes(data)

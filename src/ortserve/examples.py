@@ -11,7 +11,9 @@ from onnx import GraphProto, TensorProto, helper, numpy_helper
 OPSET = 17
 
 
-def linear_model(n_in: int = 16, n_out: int = 4, seed: int = 0, bias: float = 0.0) -> bytes:
+def linear_model(
+    n_in: int = 16, n_out: int = 4, seed: int = 0, bias: float = 0.0, *, producer: str = "ortserve"
+) -> bytes:
     """y[N, n_out] = x[N, n_in] @ W + b with W drawn from `seed`: a tiny batchable model."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((n_in, n_out)).astype(np.float32)
@@ -23,7 +25,7 @@ def linear_model(n_in: int = 16, n_out: int = 4, seed: int = 0, bias: float = 0.
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n_out])],
         [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
     )
-    return _serialize(graph)
+    return _serialize(graph, producer)
 
 
 def add_model(width: int = 4) -> bytes:
@@ -40,8 +42,8 @@ def add_model(width: int = 4) -> bytes:
     return _serialize(graph)
 
 
-def _serialize(graph: GraphProto) -> bytes:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ortserve")
+def _serialize(graph: GraphProto, producer: str = "ortserve") -> bytes:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=producer)
     model.ir_version = 8
     return model.SerializeToString()
 
