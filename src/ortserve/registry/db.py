@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,20 @@ def make_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
     return sa.create_engine(parsed, **kwargs)
 
 
+def _enable_wal(cursor: Any) -> None:
+    """Switch a database to WAL. On a new file, processes starting together can race for the
+    switch, and SQLite answers "database is locked" at once rather than waiting; retry briefly."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_engine(url: sa.URL, **kwargs: Any) -> sa.Engine:
     """SQLAlchemy's recipe: pysqlite emits no BEGIN itself; we emit BEGIN IMMEDIATE for writers.
 
@@ -45,7 +61,7 @@ def _sqlite_engine(url: sa.URL, **kwargs: Any) -> sa.Engine:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys = ON")
             if url.database not in (None, "", ":memory:"):
-                cursor.execute("PRAGMA journal_mode = WAL")
+                _enable_wal(cursor)
                 cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
             cursor.close()
