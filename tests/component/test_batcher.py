@@ -15,6 +15,7 @@ import pytest
 from ortserve.errors import DeadlineExceeded, InvalidInput, ResourceExhausted
 from ortserve.runtime.session import OrtSession
 from ortserve.scheduler.batcher import Batcher, BatcherConfig
+from ortserve.scheduler.observer import NullObserver
 from ortserve.scheduler.stats import VersionStats
 from tests import onnx_models
 
@@ -43,24 +44,14 @@ class GatedSession:
         return self._inner.run(feeds, outputs, options)
 
 
-class Recorder:
+class Recorder(NullObserver):
+    """Remembers each batch's flush reason."""
+
     def __init__(self) -> None:
         self.flushes: list[str] = []
 
-    def queue_depth(self, depth: int) -> None:
-        pass
-
     def flushed(self, reason: str) -> None:
         self.flushes.append(reason)
-
-    def batch(self, rows: int, compute_ns: int) -> None:
-        pass
-
-    def started(self) -> None:
-        pass
-
-    def finished(self, seconds: float, queue_ns: int, code: str) -> None:
-        pass
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,8 @@ from onnx import TensorProto
 from ortserve.config import ServerConfig
 from ortserve.server.app import OrtServer
 from tests import onnx_models
+from tests.triton import triton_python
 
-ROOT = Path(__file__).resolve().parents[2]
-TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
-SETUP = ROOT / "scripts" / "triton_venv.sh"
 SCRIPT = Path(__file__).with_name("tritonclient_script.py")
 SCRIPT_TIMEOUT_S = 240
 
@@ -34,23 +31,6 @@ MODELS = {
     "id-bool": lambda p: onnx_models.identity(p, TensorProto.BOOL),
     "id-bytes": lambda p: onnx_models.identity(p, TensorProto.STRING),
 }
-
-
-def triton_python() -> Path:
-    """The tritonclient venv's python, made or repaired by scripts/triton_venv.sh (idempotent, fast).
-
-    Skips only when .venv-triton is missing and cannot be created.
-    """
-    try:
-        done = subprocess.run(["bash", str(SETUP)], check=True, capture_output=True, text=True, timeout=600)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-        if TRITON_PYTHON.exists():
-            raise
-        detail = getattr(exc, "stderr", "") or str(exc)
-        pytest.skip(
-            f".venv-triton is missing and scripts/triton_venv.sh could not create it: {detail[-500:]}"
-        )
-    return Path(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture

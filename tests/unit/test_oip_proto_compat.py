@@ -9,17 +9,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 from google.protobuf.descriptor import Descriptor, FileDescriptor
 
 from ortserve.api.inference import grpc_service_pb2, model_config_pb2
-
-ROOT = Path(__file__).resolve().parents[2]
-TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
-SETUP = ROOT / "scripts" / "triton_venv.sh"
+from tests.triton import triton_python
 
 DUMP = r"""
 import json
@@ -52,23 +48,6 @@ services = {
 }
 print(json.dumps({"messages": out, "enums": enums, "services": services}))
 """
-
-
-def triton_python() -> Path:
-    """The tritonclient venv's python, made or repaired by scripts/triton_venv.sh (idempotent, fast).
-
-    Skips only when .venv-triton is missing and cannot be created.
-    """
-    try:
-        done = subprocess.run(["bash", str(SETUP)], check=True, capture_output=True, text=True, timeout=600)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-        if TRITON_PYTHON.exists():
-            raise
-        detail = getattr(exc, "stderr", "") or str(exc)
-        pytest.skip(
-            f".venv-triton is missing and scripts/triton_venv.sh could not create it: {detail[-500:]}"
-        )
-    return Path(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

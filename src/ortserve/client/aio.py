@@ -151,30 +151,17 @@ class AsyncClient:
 
         async def requests() -> AsyncIterator[ipb.PredictStreamRequest]:
             i = 0
-            if isinstance(batches, AsyncIterable):
-                async for feeds in batches:
-                    yield _stream_request(
-                        i,
-                        model,
-                        feeds,
-                        version=version,
-                        outputs=outputs,
-                        routing_key=routing_key,
-                        priority=priority,
-                    )
-                    i += 1
-            else:
-                for feeds in batches:
-                    yield _stream_request(
-                        i,
-                        model,
-                        feeds,
-                        version=version,
-                        outputs=outputs,
-                        routing_key=routing_key,
-                        priority=priority,
-                    )
-                    i += 1
+            async for feeds in _as_async(batches):
+                yield _stream_request(
+                    i,
+                    model,
+                    feeds,
+                    version=version,
+                    outputs=outputs,
+                    routing_key=routing_key,
+                    priority=priority,
+                )
+                i += 1
 
         call = self._inference.PredictStream(requests(), timeout=timeout, metadata=self._metadata)
         try:
@@ -360,3 +347,12 @@ def _stream_request(
             model, feeds, version=version, outputs=outputs, routing_key=routing_key, priority=priority
         ),
     )
+
+
+async def _as_async(items: Iterable[Inputs] | AsyncIterable[Inputs]) -> AsyncIterator[Inputs]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
