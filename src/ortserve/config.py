@@ -41,7 +41,8 @@ class ServerConfig:
     strict_providers: bool = False
     # ONNX Runtime intra-op threads per session; 0: cores / the version's max_concurrent_batches.
     intra_op_threads: int = 0
-    # Threads running ONNX Runtime; 0: the machine's cores.
+    # Threads for warm-ups; 0: the machine's cores. Each loaded version also runs its batches on
+    # threads of its own, one per batch it may run at once (max_concurrent_batches).
     executor_threads: int = 0
     # Load what aliases and traffic policies use, and each model's latest version, at start and
     # whenever the registry changes; other versions load on demand.

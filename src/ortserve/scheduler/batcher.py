@@ -15,7 +15,7 @@ import enum
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,7 +80,7 @@ class Batcher:
     def __init__(
         self,
         session: OrtSession,
-        executor: Executor,
+        executor: Executor | None,
         stats: VersionStats,
         config: BatcherConfig,
         *,
@@ -88,7 +88,11 @@ class Batcher:
         observer: VersionObserver,
     ) -> None:
         self._session = session
-        self._executor = executor
+        # By default each version has its own threads, one per batch it may run at once.
+        self._own_executor = executor is None
+        self._executor: Executor = executor or ThreadPoolExecutor(
+            config.max_concurrent_batches, thread_name_prefix=f"ort {name}"
+        )
         self._stats = stats
         self._config = config
         self._name = name
@@ -420,3 +424,5 @@ class Batcher:
         self._queued = 0
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+        if self._own_executor:
+            self._executor.shutdown(wait=False)

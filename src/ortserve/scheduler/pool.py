@@ -242,7 +242,7 @@ class ModelPool:
         slot.stats = VersionStats()
         slot.batcher = Batcher(
             session,
-            self._executor,
+            None,
             slot.stats,
             batcher_config(record, self._inline_compute_us),
             name=f"model {record.model!r} version {record.version}",
