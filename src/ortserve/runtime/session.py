@@ -112,8 +112,4 @@ def create_session(record: ModelVersionRecord, defaults: SessionDefaults) -> Ort
     return OrtSession(session, fallback)
 
 
-def available_providers() -> list[str]:
-    return list(ort.get_available_providers())
-
-
-__all__ = ["OrtSession", "SessionDefaults", "available_providers", "create_session"]
+__all__ = ["OrtSession", "SessionDefaults", "create_session"]
