@@ -226,7 +226,10 @@ async def test_watch_streams_registry_and_load_events(running: Running, tmp_path
                 return
 
     watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0.2)
+    for _ in range(500):  # until the stream has subscribed
+        if running.server.parts.control.pool.events.subscribers:
+            break
+        await asyncio.sleep(0.01)
     version = await register(running, tmp_path, "watched", onnx_models.linear)
     await running.registry.SetAlias(rpb.SetAliasRequest(name="watched", alias="production", version=version))
     await asyncio.wait_for(watcher, 10)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ortserve.client import AsyncClient, Client, ModelEvent
+from ortserve.server.app import OrtServer
 from tests import onnx_models
 
 X = {"x": np.ones((1, 16), np.float32)}
@@ -59,7 +60,16 @@ async def test_sync_rollout_methods(address: str, tmp_path: Path) -> None:
     await asyncio.to_thread(sync_rollout, address, tmp_path)
 
 
-async def test_sync_watch(address: str, tmp_path: Path) -> None:
+async def subscribed(server: OrtServer) -> None:
+    """Wait (bounded) until a WatchModels stream has subscribed to the server's events."""
+    for _ in range(500):
+        if server.parts.control.pool.events.subscribers:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the watch stream never subscribed")
+
+
+async def test_sync_watch(server: OrtServer, address: str, tmp_path: Path) -> None:
     events: list[ModelEvent] = []
     ready = threading.Event()
 
@@ -74,7 +84,7 @@ async def test_sync_watch(address: str, tmp_path: Path) -> None:
 
     watcher = asyncio.create_task(asyncio.to_thread(watch))
     await asyncio.to_thread(ready.wait, 5)
-    await asyncio.sleep(0.3)
+    await subscribed(server)
     with Client(address) as client:
         path = tmp_path / "w.onnx"
         onnx_models.linear(path)
@@ -84,7 +94,7 @@ async def test_sync_watch(address: str, tmp_path: Path) -> None:
     assert events[0].kind == "registered" and events[-1].detail == f"production={version}"
 
 
-async def test_async_rollout_methods(address: str, tmp_path: Path) -> None:
+async def test_async_rollout_methods(server: OrtServer, address: str, tmp_path: Path) -> None:
     async with AsyncClient(address) as client:
         versions = []
         for seed in (1, 2):
@@ -101,7 +111,7 @@ async def test_async_rollout_methods(address: str, tmp_path: Path) -> None:
                     return
 
         watcher = asyncio.create_task(watch())
-        await asyncio.sleep(0.3)
+        await subscribed(server)
         assert (await client.promote("async", v1)).version == v1
         assert (await client.set_alias("async", "canary", v2)).version == v2
         assert (await client.set_traffic("async", {"canary": 1})).weights == {"canary": 1}

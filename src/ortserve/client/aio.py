@@ -269,10 +269,8 @@ class AsyncClient:
 
     # --- rollout --------------------------------------------------------------------------
 
-    async def _admin(self, rpc: str, request: Any, timeout: float | None) -> Any:
-        return await getattr(self._registry, rpc)(
-            request, timeout=self._deadline(timeout), metadata=self._metadata
-        )
+    async def _admin(self, rpc: Any, request: Any, timeout: float | None) -> Any:
+        return await rpc(request, timeout=self._deadline(timeout), metadata=self._metadata)
 
     async def promote(
         self, name: str, version: int, *, alias: str = "production", timeout: float | None = None
@@ -283,15 +281,17 @@ class AsyncClient:
         self, name: str, alias: str, version: int, *, timeout: float | None = None
     ) -> AliasInfo:
         request = rpb.SetAliasRequest(name=name, alias=alias, version=version)
-        return alias_of((await self._admin("SetAlias", request, timeout)).alias)
+        return alias_of((await self._admin(self._registry.SetAlias, request, timeout)).alias)
 
     async def delete_alias(self, name: str, alias: str, *, timeout: float | None = None) -> None:
-        await self._admin("DeleteAlias", rpb.DeleteAliasRequest(name=name, alias=alias), timeout)
+        await self._admin(self._registry.DeleteAlias, rpb.DeleteAliasRequest(name=name, alias=alias), timeout)
 
     async def rollback(
         self, name: str, *, alias: str = "production", timeout: float | None = None
     ) -> AliasInfo:
-        response = await self._admin("Rollback", rpb.RollbackRequest(name=name, alias=alias), timeout)
+        response = await self._admin(
+            self._registry.Rollback, rpb.RollbackRequest(name=name, alias=alias), timeout
+        )
         return alias_of(response.alias)
 
     async def set_traffic(
@@ -302,24 +302,30 @@ class AsyncClient:
         sticky: bool = False,
         timeout: float | None = None,
     ) -> TrafficInfo:
-        response = await self._admin("SetTrafficPolicy", traffic_request(name, weights, sticky), timeout)
+        response = await self._admin(
+            self._registry.SetTrafficPolicy, traffic_request(name, weights, sticky), timeout
+        )
         return traffic_of(response.policy)
 
     async def set_shadow(
         self, name: str, target: str | int, share: float, *, timeout: float | None = None
     ) -> TrafficInfo:
         request = rpb.SetShadowRequest(name=name, target=str(target), share=share)
-        return traffic_of((await self._admin("SetShadow", request, timeout)).policy)
+        return traffic_of((await self._admin(self._registry.SetShadow, request, timeout)).policy)
 
     async def retire(self, name: str, version: int, *, timeout: float | None = None) -> VersionInfo:
         request = rpb.RetireModelVersionRequest(name=name, version=version)
-        return version_info_of((await self._admin("RetireModelVersion", request, timeout)).version)
+        return version_info_of(
+            (await self._admin(self._registry.RetireModelVersion, request, timeout)).version
+        )
 
     async def audit(
         self, name: str = "", *, limit: int = 100, timeout: float | None = None
     ) -> list[AuditEntry]:
         request = rpb.ListAuditEventsRequest(name=name, limit=limit)
-        return [audit_of(e) for e in (await self._admin("ListAuditEvents", request, timeout)).events]
+        return [
+            audit_of(e) for e in (await self._admin(self._registry.ListAuditEvents, request, timeout)).events
+        ]
 
     async def watch(self, names: Sequence[str] = ()) -> AsyncIterator[ModelEvent]:
         """Registry changes and load events as they happen, until the caller stops iterating."""

@@ -23,8 +23,10 @@ import numpy.typing as npt
 
 from ortserve import dtypes, tensors
 from ortserve.api.v1 import inference_service_pb2 as ipb
+from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.api.v1 import registry_service_pb2 as rpb
+from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
 from ortserve.api.v1 import tensor_pb2 as tpb
 from ortserve.client.channel import (
     DEFAULT_ADDRESS,
@@ -256,82 +258,6 @@ def _upload(
                 progress(sent, manifest.size_bytes)
 
 
-_INFERENCE = "/ortserve.api.v1.InferenceService/"
-_REGISTRY = "/ortserve.api.v1.RegistryService/"
-
-
-class _Stubs:
-    """Blocking multi-callables of both services, typed for the sync API.
-
-    (The generated *_pb2_grpc.pyi type the stubs for grpc.aio, which `AsyncClient` uses.)
-    """
-
-    def __init__(self, channel: grpc.Channel) -> None:
-        uu = channel.unary_unary
-        self.Predict = uu(
-            _INFERENCE + "Predict", ipb.PredictRequest.SerializeToString, ipb.PredictResponse.FromString
-        )
-        self.PredictStream = channel.stream_stream(
-            _INFERENCE + "PredictStream",
-            ipb.PredictStreamRequest.SerializeToString,
-            ipb.PredictStreamResponse.FromString,
-        )
-        self.GetModelSignature = uu(
-            _INFERENCE + "GetModelSignature",
-            ipb.GetModelSignatureRequest.SerializeToString,
-            ipb.GetModelSignatureResponse.FromString,
-        )
-        self.RegisterModel = channel.stream_unary(
-            _REGISTRY + "RegisterModel",
-            rpb.RegisterModelRequest.SerializeToString,
-            rpb.RegisterModelResponse.FromString,
-        )
-        self.GetModel = uu(
-            _REGISTRY + "GetModel", rpb.GetModelRequest.SerializeToString, rpb.GetModelResponse.FromString
-        )
-        self.ListModels = uu(
-            _REGISTRY + "ListModels",
-            rpb.ListModelsRequest.SerializeToString,
-            rpb.ListModelsResponse.FromString,
-        )
-        self.ListModelVersions = uu(
-            _REGISTRY + "ListModelVersions",
-            rpb.ListModelVersionsRequest.SerializeToString,
-            rpb.ListModelVersionsResponse.FromString,
-        )
-        self.GetModelVersion = uu(
-            _REGISTRY + "GetModelVersion",
-            rpb.GetModelVersionRequest.SerializeToString,
-            rpb.GetModelVersionResponse.FromString,
-        )
-        self.LoadModelVersion = uu(
-            _REGISTRY + "LoadModelVersion",
-            rpb.LoadModelVersionRequest.SerializeToString,
-            rpb.LoadModelVersionResponse.FromString,
-        )
-        self.UnloadModelVersion = uu(
-            _REGISTRY + "UnloadModelVersion",
-            rpb.UnloadModelVersionRequest.SerializeToString,
-            rpb.UnloadModelVersionResponse.FromString,
-        )
-        for rpc in (
-            "SetAlias",
-            "DeleteAlias",
-            "Rollback",
-            "SetTrafficPolicy",
-            "SetShadow",
-            "RetireModelVersion",
-            "ListAuditEvents",
-        ):
-            request, response = getattr(rpb, rpc + "Request"), getattr(rpb, rpc + "Response")
-            setattr(self, rpc, uu(_REGISTRY + rpc, request.SerializeToString, response.FromString))
-        self.WatchModels = channel.unary_stream(
-            _REGISTRY + "WatchModels",
-            rpb.WatchModelsRequest.SerializeToString,
-            rpb.WatchModelsResponse.FromString,
-        )
-
-
 def make_plan(
     address: str | Sequence[str],
     *,
@@ -412,7 +338,8 @@ class Client:
             self._channel = grpc.secure_channel(plan.target, plan.credentials, options=plan.options)
         self.target = plan.target
         self._metadata = plan.metadata
-        self._inference = self._registry = _Stubs(self._channel)
+        self._inference = ipb_grpc.InferenceServiceStub(self._channel)
+        self._registry = rpb_grpc.RegistryServiceStub(self._channel)
         self._timeout = timeout
 
     def close(self) -> None:
@@ -583,8 +510,8 @@ class Client:
 
     # --- rollout --------------------------------------------------------------------------
 
-    def _admin(self, rpc: str, request: Any, timeout: float | None) -> Any:
-        return getattr(self._registry, rpc)(request, timeout=self._deadline(timeout), metadata=self._metadata)
+    def _admin(self, rpc: Any, request: Any, timeout: float | None) -> Any:
+        return rpc(request, timeout=self._deadline(timeout), metadata=self._metadata)
 
     def promote(
         self, name: str, version: int, *, alias: str = "production", timeout: float | None = None
@@ -594,14 +521,16 @@ class Client:
 
     def set_alias(self, name: str, alias: str, version: int, *, timeout: float | None = None) -> AliasInfo:
         request = rpb.SetAliasRequest(name=name, alias=alias, version=version)
-        return alias_of(self._admin("SetAlias", request, timeout).alias)
+        return alias_of(self._admin(self._registry.SetAlias, request, timeout).alias)
 
     def delete_alias(self, name: str, alias: str, *, timeout: float | None = None) -> None:
-        self._admin("DeleteAlias", rpb.DeleteAliasRequest(name=name, alias=alias), timeout)
+        self._admin(self._registry.DeleteAlias, rpb.DeleteAliasRequest(name=name, alias=alias), timeout)
 
     def rollback(self, name: str, *, alias: str = "production", timeout: float | None = None) -> AliasInfo:
         """Point `alias` back at the version it followed before its last change."""
-        return alias_of(self._admin("Rollback", rpb.RollbackRequest(name=name, alias=alias), timeout).alias)
+        return alias_of(
+            self._admin(self._registry.Rollback, rpb.RollbackRequest(name=name, alias=alias), timeout).alias
+        )
 
     def set_traffic(
         self,
@@ -612,7 +541,9 @@ class Client:
         timeout: float | None = None,
     ) -> TrafficInfo:
         """Weighted split over versions or aliases, e.g. {3: 90, 4: 10}; {} removes the split."""
-        response = self._admin("SetTrafficPolicy", traffic_request(name, weights, sticky), timeout)
+        response = self._admin(
+            self._registry.SetTrafficPolicy, traffic_request(name, weights, sticky), timeout
+        )
         return traffic_of(response.policy)
 
     def set_shadow(
@@ -620,15 +551,17 @@ class Client:
     ) -> TrafficInfo:
         """Copy `share` of requests to `target` and compare; share 0 removes the shadow."""
         request = rpb.SetShadowRequest(name=name, target=str(target), share=share)
-        return traffic_of(self._admin("SetShadow", request, timeout).policy)
+        return traffic_of(self._admin(self._registry.SetShadow, request, timeout).policy)
 
     def retire(self, name: str, version: int, *, timeout: float | None = None) -> VersionInfo:
         request = rpb.RetireModelVersionRequest(name=name, version=version)
-        return version_info_of(self._admin("RetireModelVersion", request, timeout).version)
+        return version_info_of(self._admin(self._registry.RetireModelVersion, request, timeout).version)
 
     def audit(self, name: str = "", *, limit: int = 100, timeout: float | None = None) -> list[AuditEntry]:
         """Registry changes, most recent first."""
-        response = self._admin("ListAuditEvents", rpb.ListAuditEventsRequest(name=name, limit=limit), timeout)
+        response = self._admin(
+            self._registry.ListAuditEvents, rpb.ListAuditEventsRequest(name=name, limit=limit), timeout
+        )
         return [audit_of(e) for e in response.events]
 
     def watch(self, names: Sequence[str] = ()) -> Iterator[ModelEvent]:

@@ -39,6 +39,10 @@ class EventBus:
                 queue.get_nowait()
             queue.put_nowait(event)
 
+    @property
+    def subscribers(self) -> int:
+        return len(self._queues)
+
     async def subscribe(self) -> AsyncIterator[ModelEvent]:
         queue: asyncio.Queue[ModelEvent] = asyncio.Queue(QUEUE_SIZE)
         self._queues.add(queue)
