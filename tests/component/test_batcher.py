@@ -32,6 +32,7 @@ class GatedSession:
         self.batches: list[int] = []
         self.options: list[ort.RunOptions] = []
         self.order: list[float] = []
+        self.on_run: Any = None  # called (in the running thread) after each batch is computed
 
     def run(
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None, options: Any
@@ -41,7 +42,10 @@ class GatedSession:
         first = next(iter(feeds.values()))
         self.batches.append(int(first.shape[0]))
         self.order.extend(float(v) for v in first[:, 0])
-        return self._inner.run(feeds, outputs, options)
+        result = self._inner.run(feeds, outputs, options)
+        if self.on_run is not None:
+            self.on_run()
+        return result
 
 
 class Recorder(NullObserver):
@@ -79,7 +83,6 @@ def make(session: Any, executor: Any, **overrides: Any) -> tuple[Batcher, Record
         name="model 'm' version 1",
         observer=recorder,
     )
-    batcher.start()
     return batcher, recorder
 
 
@@ -269,4 +272,26 @@ async def test_preferred_batch_size_closes_the_batch(executor: Any) -> None:
     await asyncio.gather(*tasks)
     assert session.batches == [4]
     assert recorder.flushes == ["preferred"]
+    await batcher.aclose()
+
+
+async def test_a_finishing_thread_starts_the_next_batch_without_the_event_loop(executor: Any) -> None:
+    """While the event loop is blocked, the thread that ran batch 1 takes and runs batch 2 itself."""
+    session = GatedSession(onnx_models.linear())
+    batcher, _ = make(session, executor, max_batch_size=8)
+    first = asyncio.create_task(batcher.submit(linear_feeds(1, value=1.0), ["y"], 1, None))
+    await settle()
+    assert len(session.options) == 1  # batch 1 waits on the gate
+    later = [
+        asyncio.create_task(batcher.submit(linear_feeds(2, value=2.0), ["y"], 2, None)) for _ in range(3)
+    ]
+    await settle()
+    assert len(session.options) == 1  # the others are queued behind the one execution slot
+    session.gate.set()
+    done = threading.Event()
+    session.on_run = lambda: done.set() if len(session.batches) == 2 else None
+    # Blocking the loop on purpose: no loop callback can run until batch 2 has been computed.
+    assert done.wait(10), "batch 2 did not run while the event loop was blocked"
+    await asyncio.gather(first, *later)
+    assert session.batches == [1, 6]
     await batcher.aclose()

@@ -1,22 +1,24 @@
-"""The dynamic batcher of one loaded version: queue, priorities, deadlines, batches, execution.
+"""The dynamic batcher of one loaded version: admission, dispatch and execution of batches.
 
-Requests wait in per-priority queues. A loop takes an execution slot, then closes a batch when
-it is full, reaches the largest preferred size, has waited `max_queue_delay_us` since its first
-request, or when waiting longer would make its earliest deadline miss (deadline-aware: compute
-time per batch size is learned online). Batches run on the version's shared session in the
-executor's threads; results are split back to their callers by row offsets.
+Requests wait in a BatchQueue (priorities, deadlines, when to close a batch: full, preferred size,
+`max_queue_delay_us` since the first request, or an earliest deadline that waiting would miss).
+Batches run on the version's shared session in its execution threads, at most
+`max_concurrent_batches` at once. The event loop starts a batch when a slot is free; a thread that
+finishes a batch takes the next closable one itself, under the queue's lock, so a busy version
+never waits for the event loop between batches. Results reach their callers through one loop
+callback per batch; futures are only ever touched on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
+import threading
 import time
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -24,20 +26,13 @@ import onnxruntime as ort
 from ortserve.errors import DeadlineExceeded, FailedPrecondition, InvalidInput, ResourceExhausted, Unavailable
 from ortserve.runtime.session import OrtSession
 from ortserve.scheduler.batch import shape_key, split, stack
+from ortserve.scheduler.batch_queue import Batch, BatchQueue, Flush, Request
 from ortserve.scheduler.calls import Timing
 from ortserve.scheduler.latency import LatencyModel
 from ortserve.scheduler.observer import VersionObserver
 from ortserve.scheduler.stats import VersionStats
 
-DEADLINE_MARGIN = 1.2  # the compute estimate is stretched by this much before it is trusted
-
-
-class Flush(enum.StrEnum):
-    IMMEDIATE = "immediate"  # nothing queued and the compute is tiny: run in the caller's task
-    FULL = "full"
-    PREFERRED = "preferred"
-    DELAY = "delay"
-    DEADLINE = "deadline"
+Outcome = tuple[list[list[np.ndarray]], int, tuple[int, int, int]]  # parts, rows, stack/run/split ns
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,32 +45,12 @@ class BatcherConfig:
     max_queue_size: int
     max_concurrent_batches: int
     # Batches expected to compute faster than this run on the event loop itself: for tiny
-    # models a hop to the executor costs more than the computation. 0 always uses the executor.
+    # models a hop to a thread costs more than the computation. 0 always uses the threads.
     inline_compute_us: int = 0
 
 
-@dataclass(slots=True, eq=False)
-class _Item:
-    feeds: Mapping[str, np.ndarray]
-    outputs: Sequence[str]
-    rows: int
-    key: tuple[object, ...]
-    deadline_ns: int | None
-    enqueued_ns: int
-    future: asyncio.Future[tuple[list[np.ndarray], Timing]]
-    queued: bool = True
-    batch: _Running | None = None
-    timer: asyncio.TimerHandle | None = None
-
-
-@dataclass(slots=True, eq=False)
-class _Running:
-    items: list[_Item]
-    options: ort.RunOptions = field(default_factory=ort.RunOptions)
-
-
 class Batcher:
-    """Owned by the pool; `start()` before the first submit, `aclose()` after the last."""
+    """Created on the event loop that will submit to it; `aclose()` after the last submit."""
 
     def __init__(
         self,
@@ -88,35 +63,37 @@ class Batcher:
         observer: VersionObserver,
     ) -> None:
         self._session = session
+        slots = max(1, config.max_concurrent_batches)
         # By default each version has its own threads, one per batch it may run at once.
         self._own_executor = executor is None
-        self._executor: Executor = executor or ThreadPoolExecutor(
-            config.max_concurrent_batches, thread_name_prefix=f"ort {name}"
-        )
+        self._executor: Executor = executor or ThreadPoolExecutor(slots, thread_name_prefix=f"ort {name}")
         self._stats = stats
         self._config = config
         self._name = name
         self._observer = observer
-        self._max = max(1, config.max_batch_size)
-        self._delay_ns = config.max_queue_delay_us * 1000
+        self._batching = config.max_batch_size > 1
         self._inline_ns = config.inline_compute_us * 1000
-        self._preferred = tuple(sorted(p for p in config.preferred_batch_sizes if p <= self._max))
-        self._queues: dict[int, deque[_Item]] = {}
-        self._priorities: list[int] = []
-        self._queued = 0
-        self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(config.max_concurrent_batches)
         self.latency = LatencyModel()
-        self._running: set[asyncio.Task[None]] = set()
-        self._loop_task: asyncio.Task[None] | None = None
+        self._queue = BatchQueue(
+            max_rows=config.max_batch_size,
+            delay_ns=config.max_queue_delay_us * 1000,
+            preferred=config.preferred_batch_sizes,
+            latency=self.latency,
+        )
+        self._lock = threading.Lock()  # guards _queue, _free and _closed
+        self._free = slots  # execution slots not in use
         self._closed = False
-
-    def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._loop(), name=f"batcher {self._name}")
+        self._loop = asyncio.get_running_loop()
+        self._dispatch_soon = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0
+        self._workers = 0  # executor jobs not yet finished (loop side)
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def queued(self) -> int:
-        return self._queued
+        return self._queue.depth
 
     async def submit(
         self,
@@ -127,30 +104,31 @@ class Batcher:
         priority: int = 0,
     ) -> tuple[list[np.ndarray], Timing]:
         """Queue one request and wait for its share of a batch's outputs."""
-        if not self._queued and self._inline_ns and not self._closed:
+        if not self._queue.depth and self._inline_ns and not self._closed:
             estimate = self.latency.estimate(rows)
             if estimate is not None and estimate <= self._inline_ns:
                 return self._run_now(feeds, outputs, rows)
-        item = self._admit(feeds, outputs, rows, deadline)
-        queue = self._queues.get(priority)
-        if queue is None:
-            queue = self._queues[priority] = deque()
-            self._priorities = sorted(self._queues, reverse=True)
-        queue.append(item)
-        self._queued += 1
-        self._observer.queue_depth(self._queued)
-        self._wake.set()
+        request = self._admit(feeds, outputs, rows, deadline)
+        with self._lock:
+            self._queue.push(request, priority)
+            depth = self._queue.depth
+        self._observer.queue_depth(depth)
         if deadline is not None:
             # Expire in the queue even while every execution slot is busy.
-            item.timer = asyncio.get_running_loop().call_at(deadline, self._expire, item)
+            request.timer = self._loop.call_at(deadline, self._expire, request)
+        if not self._dispatch_soon:
+            # After this loop turn, so that requests arriving together batch together.
+            self._dispatch_soon = True
+            self._loop.call_soon(self._dispatch)
         try:
-            return await item.future
+            result: tuple[list[np.ndarray], Timing] = await request.future
+            return result
         except asyncio.CancelledError:
-            self._abandon(item)
+            self._abandon(request)
             raise
         finally:
-            if item.timer is not None:
-                item.timer.cancel()
+            if request.timer is not None:
+                request.timer.cancel()
 
     def _run_now(
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str], rows: int
@@ -166,16 +144,12 @@ class Batcher:
         self._account(rows, (0, ns, 0))
         return arrays, Timing(0, ns, rows, self._session.provider)
 
-    def _expire(self, item: _Item) -> None:
-        assert item.deadline_ns is not None
-        self._alive(item, max(time.monotonic_ns(), item.deadline_ns))
-
     def _admit(
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str], rows: int, deadline: float | None
-    ) -> _Item:
+    ) -> Request:
         if self._closed:
             raise Unavailable(f"{self._name} is unloading; retry")
-        if self._queued >= self._config.max_queue_size:
+        if self._queue.depth >= self._config.max_queue_size:
             raise ResourceExhausted(
                 f"{self._name}: queue is full ({self._config.max_queue_size} requests, its max_queue_size)"
             )
@@ -183,9 +157,8 @@ class Batcher:
         deadline_ns = None if deadline is None else int(deadline * 1e9)
         if deadline_ns is not None:
             self._check_feasible(rows, deadline_ns - now)
-        key = shape_key(feeds, outputs) if self._max > 1 else ()
-        future: asyncio.Future[tuple[list[np.ndarray], Timing]] = asyncio.get_running_loop().create_future()
-        return _Item(feeds, outputs, rows, key, deadline_ns, now, future)
+        key = shape_key(feeds, outputs) if self._batching else ()
+        return Request(feeds, outputs, rows, key, deadline_ns, now, self._loop.create_future())
 
     def _check_feasible(self, rows: int, left_ns: int) -> None:
         estimate = self.latency.estimate(rows)
@@ -195,181 +168,168 @@ class Batcher:
                 f"computing {rows} row(s) takes about {estimate / 1e6:.3f} ms"
             )
 
-    def _abandon(self, item: _Item) -> None:
-        """The caller went away: leave the queue, or stop its batch if nobody else waits for it."""
-        if item.queued:
-            item.queued = False
-            self._queued -= 1
-        running = item.batch
-        if running is not None and all(i.future.done() for i in running.items):
-            running.options.terminate = True
+    def _expire(self, request: Request) -> None:
+        with self._lock:
+            removed = self._queue.remove(request)
+        if removed:
+            self._fail_expired([request])
 
-    async def _loop(self) -> None:
-        while True:
-            await self._slots.acquire()
-            try:
-                items, reason = await self._next_batch()
-            except BaseException:
-                self._slots.release()
-                raise
-            self._observer.flushed(reason)
-            running = _Running(items)
-            for item in items:
-                item.batch = running
-            if self._runs_inline(items):
-                self._execute_inline(running)
-                continue
-            task = asyncio.create_task(self._execute(running))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
-    def _runs_inline(self, items: list[_Item]) -> bool:
-        if not self._inline_ns:
-            return False
-        estimate = self.latency.estimate(sum(item.rows for item in items))
-        return estimate is not None and estimate <= self._inline_ns
-
-    def _execute_inline(self, running: _Running) -> None:
-        """Compute on the event loop: no thread hop, no task; the loop is busy for microseconds."""
-        try:
-            items = [i for i in running.items if not i.future.done()]
-            if items:
-                start = time.monotonic_ns()
-                try:
-                    outcome = self._compute(items, running.options)
-                except Exception as exc:
-                    self._fail(items, exc)
-                else:
-                    self._deliver(items, start, *outcome)
-        finally:
-            self._slots.release()
-
-    async def _next_batch(self) -> tuple[list[_Item], Flush]:
-        while True:
-            head = self._head()
-            if head is None:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if self._max == 1:
-                return self._take(head.key, 1), Flush.FULL
-            rows, earliest = self._pending(head.key)
-            decision = self._decide(head, rows, earliest)
-            if isinstance(decision, Flush):
-                return self._take(head.key, self._limit(rows, decision)), decision
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(decision):
-                    await self._wake.wait()
-
-    def _decide(self, head: _Item, rows: int, earliest: int | None) -> Flush | float:
-        """A reason to close the batch now, or how many seconds to wait for more requests."""
-        if rows >= self._max:
-            return Flush.FULL
-        if self._preferred and rows >= self._preferred[-1]:
-            return Flush.PREFERRED
-        flush_at, reason = head.enqueued_ns + self._delay_ns, Flush.DELAY
-        if earliest is not None:
-            estimate = self.latency.estimate(rows)
-            if estimate is not None and earliest - estimate * DEADLINE_MARGIN < flush_at:
-                flush_at, reason = int(earliest - estimate * DEADLINE_MARGIN), Flush.DEADLINE
-        wait_ns = flush_at - time.monotonic_ns()
-        return reason if wait_ns <= 0 else wait_ns / 1e9
-
-    def _limit(self, rows: int, reason: Flush) -> int:
-        if reason is Flush.FULL or not self._preferred:
-            return self._max
-        fitting = [p for p in self._preferred if p <= rows]
-        return fitting[-1] if fitting else self._max
-
-    def _head(self) -> _Item | None:
-        """The oldest live request of the highest priority; drops dead ones from the fronts."""
+    def _fail_expired(self, requests: list[Request]) -> None:
         now = time.monotonic_ns()
-        for priority in self._priorities:
-            queue = self._queues[priority]
-            while queue:
-                item = queue[0]
-                if self._alive(item, now):
-                    return item
-                queue.popleft()
-        return None
-
-    def _alive(self, item: _Item, now: int) -> bool:
-        if not item.queued:
-            return False
-        if item.deadline_ns is not None and now >= item.deadline_ns:
-            item.queued = False
-            self._queued -= 1
-            waited = (now - item.enqueued_ns) / 1e6
-            item.future.set_exception(
+        for request in requests:
+            if request.future.done():
+                continue
+            waited = (max(now, request.deadline_ns or now) - request.enqueued_ns) / 1e6
+            request.future.set_exception(
                 DeadlineExceeded(
                     f"{self._name}: the request's deadline passed after {waited:.3f} ms in the queue"
                 )
             )
+        self._observer.queue_depth(self._queue.depth)
+
+    def _abandon(self, request: Request) -> None:
+        """The caller went away: leave the queue, or stop its batch if nobody else waits for it."""
+        with self._lock:
+            self._queue.remove(request)
+            batch = request.batch
+        if batch is not None and all(r.future.done() for r in batch.requests):
+            batch.options.terminate = True
+
+    # ------------------------------------------------------------------ dispatch (event loop)
+
+    def _dispatch(self) -> None:
+        """Start every batch that may start now; arm the timer for the next one that will close."""
+        self._dispatch_soon = False
+        expired: list[Request] = []
+        while True:
+            with self._lock:
+                step = (
+                    None
+                    if self._closed or not self._free
+                    else self._queue.next_batch(time.monotonic_ns(), expired)
+                )
+                if isinstance(step, Batch):
+                    self._free -= 1
+                depth = self._queue.depth
+            if not isinstance(step, Batch):
+                break
+            self._observer.flushed(step.reason)
+            self._observer.queue_depth(depth)
+            if self._runs_inline(step):
+                self._execute_inline(step)
+            else:
+                self._workers += 1
+                self._idle.clear()
+                self._executor.submit(self._work, step)
+        if expired:
+            self._fail_expired(expired)
+        if isinstance(step, int):
+            self._arm(step)
+
+    def _arm(self, wait_ns: int) -> None:
+        at = time.monotonic_ns() + wait_ns
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at / 1e9, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _runs_inline(self, batch: Batch) -> bool:
+        if not self._inline_ns:
             return False
-        return True
+        estimate = self.latency.estimate(batch.rows)
+        return estimate is not None and estimate <= self._inline_ns
 
-    def _pending(self, key: tuple[object, ...]) -> tuple[int, int | None]:
-        """Rows waiting with this shape key (up to a full batch) and their earliest deadline."""
-        rows, earliest = 0, None
-        for priority in self._priorities:
-            for item in self._queues[priority]:
-                if item.queued and item.key == key:
-                    rows += item.rows
-                    if item.deadline_ns is not None and (earliest is None or item.deadline_ns < earliest):
-                        earliest = item.deadline_ns
-                    if rows >= self._max:
-                        return rows, earliest
-        return rows, earliest
-
-    def _take(self, key: tuple[object, ...], limit: int) -> list[_Item]:
-        """Remove and return requests of `key` in priority order, up to `limit` rows (at least one)."""
-        taken: list[_Item] = []
-        rows = 0
-        now = time.monotonic_ns()
-        for priority in self._priorities:
-            keep: deque[_Item] = deque()
-            for item in self._queues[priority]:
-                if not self._alive(item, now):
-                    continue
-                if item.key == key and (not taken or rows + item.rows <= limit):
-                    item.queued = False
-                    taken.append(item)
-                    rows += item.rows
+    def _execute_inline(self, batch: Batch) -> None:
+        """Compute on the event loop: no thread hop; the loop is busy for microseconds."""
+        try:
+            requests = [r for r in batch.requests if not r.future.done()]
+            if requests:
+                try:
+                    outcome = self._compute(requests, batch.options)
+                except Exception as exc:
+                    self._fail(requests, exc)
                 else:
-                    keep.append(item)
-            self._queues[priority] = keep
-        self._queued -= len(taken)
-        self._observer.queue_depth(self._queued)
-        return taken
-
-    async def _execute(self, running: _Running) -> None:
-        try:
-            items = [i for i in running.items if not i.future.done()]
-            if items:
-                await self._run_batch(items, running.options)
+                    self._deliver(requests, batch.taken_ns, *outcome)
         finally:
-            self._slots.release()
+            with self._lock:
+                self._free += 1
 
-    async def _run_batch(self, items: list[_Item], options: ort.RunOptions) -> None:
-        loop = asyncio.get_running_loop()
-        start = time.monotonic_ns()
+    def _worker_exit(self) -> None:
+        self._workers -= 1
+        if not self._workers:
+            self._idle.set()
+        self._dispatch()
+
+    # ------------------------------------------------------------------ execution (threads)
+
+    def _work(self, batch: Batch | None) -> None:
+        """An execution thread: run the batch, then each next closable one, then give the slot back."""
         try:
-            parts, rows, ns = await loop.run_in_executor(self._executor, self._compute, items, options)
-        except Exception as exc:
-            self._fail(items, exc)
-            return
-        self._deliver(items, start, parts, rows, ns)
+            while batch is not None:
+                self._run_batch(batch)
+                batch = self._take_next()
+        finally:
+            self._post(self._worker_exit)
 
-    def _fail(self, items: list[_Item], exc: Exception) -> None:
-        error = self._batch_error(exc, len(items))
-        for item in items:
-            if not item.future.done():
-                item.future.set_exception(error)
+    def _run_batch(self, batch: Batch) -> None:
+        requests = [r for r in batch.requests if not r.future.done()]
+        if not requests:
+            return
+        try:
+            outcome = self._compute(requests, batch.options)
+        except Exception as exc:
+            self._post(self._fail, requests, exc)
+            return
+        self._post(self._deliver, requests, batch.taken_ns, *outcome)
+
+    def _take_next(self) -> Batch | None:
+        expired: list[Request] = []
+        with self._lock:
+            step = None if self._closed else self._queue.next_batch(time.monotonic_ns(), expired)
+            if not isinstance(step, Batch):
+                self._free += 1
+            depth = self._queue.depth
+        if expired:
+            self._post(self._fail_expired, expired)
+        if not isinstance(step, Batch):
+            return None
+        self._observer.flushed(step.reason)
+        self._observer.queue_depth(depth)
+        return step
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to answer
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _compute(self, requests: list[Request], options: ort.RunOptions) -> Outcome:
+        """Stack, run, split; with the time of each step."""
+        t0 = time.perf_counter_ns()
+        feeds, offsets = stack([r.feeds for r in requests])
+        t1 = time.perf_counter_ns()
+        outputs = requests[0].outputs
+        arrays = self._session.run(feeds, outputs, options)
+        t2 = time.perf_counter_ns()
+        parts = split(arrays, offsets, outputs) if len(requests) > 1 else [arrays]
+        t3 = time.perf_counter_ns()
+        return parts, offsets[-1], (t1 - t0, t2 - t1, t3 - t2)
+
+    # ------------------------------------------------------------------ results (event loop)
+
+    def _fail(self, requests: list[Request], exc: Exception) -> None:
+        error = self._batch_error(exc, len(requests))
+        for request in requests:
+            if not request.future.done():
+                request.future.set_exception(error)
 
     def _deliver(
         self,
-        items: list[_Item],
+        requests: list[Request],
         start: int,
         parts: list[list[np.ndarray]],
         rows: int,
@@ -378,23 +338,11 @@ class Batcher:
         self._account(rows, ns)
         compute = sum(ns)
         provider = self._session.provider
-        for item, arrays in zip(items, parts, strict=True):
-            if not item.future.done():
-                item.future.set_result((arrays, Timing(start - item.enqueued_ns, compute, rows, provider)))
-
-    def _compute(
-        self, items: list[_Item], options: ort.RunOptions
-    ) -> tuple[list[list[np.ndarray]], int, tuple[int, int, int]]:
-        """In an executor thread: stack, run, split; with the time of each step."""
-        t0 = time.perf_counter_ns()
-        feeds, offsets = stack([item.feeds for item in items])
-        t1 = time.perf_counter_ns()
-        outputs = items[0].outputs
-        arrays = self._session.run(feeds, outputs, options)
-        t2 = time.perf_counter_ns()
-        parts = split(arrays, offsets, outputs) if len(items) > 1 else [arrays]
-        t3 = time.perf_counter_ns()
-        return parts, offsets[-1], (t1 - t0, t2 - t1, t3 - t2)
+        for request, arrays in zip(requests, parts, strict=True):
+            if not request.future.done():
+                request.future.set_result(
+                    (arrays, Timing(start - request.enqueued_ns, compute, rows, provider))
+                )
 
     def _account(self, rows: int, ns: tuple[int, int, int]) -> None:
         self.latency.observe(rows, sum(ns))
@@ -409,20 +357,16 @@ class Batcher:
 
     async def aclose(self) -> None:
         """Stop taking requests; fail those still queued; let running batches finish."""
-        self._closed = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        for queue in self._queues.values():
-            for item in queue:
-                if item.queued and not item.future.done():
-                    item.future.set_exception(
-                        Unavailable(f"{self._name} was unloaded before the request ran")
-                    )
-            queue.clear()
-        self._queued = 0
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        with self._lock:
+            self._closed = True
+            left = self._queue.drain()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for request in left:
+            if not request.future.done():
+                request.future.set_exception(Unavailable(f"{self._name} was unloaded before the request ran"))
+        self._observer.queue_depth(0)
+        await self._idle.wait()
         if self._own_executor:
             self._executor.shutdown(wait=False)

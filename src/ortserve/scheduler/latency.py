@@ -21,13 +21,15 @@ class LatencyModel:
         self._samples = 0
 
     def observe(self, rows: int, ns: int) -> None:
-        self._samples += 1
+        """Called on the event loop while execution threads may `estimate`: a size is listed only
+        once its time is stored, so a concurrent reader never finds a listed size without one."""
         old = self._ns.get(rows)
         if old is None:
-            bisect.insort(self._sizes, rows)
             self._ns[rows] = float(ns)
+            bisect.insort(self._sizes, rows)
         else:
             self._ns[rows] = old + ALPHA * (ns - old)
+        self._samples += 1
 
     def estimate(self, rows: int) -> float | None:
         if self._samples < MIN_SAMPLES:

@@ -6,6 +6,8 @@ from typing import Protocol
 
 
 class VersionObserver(Protocol):
+    """`queue_depth` and `flushed` are also called from the batcher's execution threads."""
+
     def queue_depth(self, depth: int) -> None: ...
 
     def flushed(self, reason: str) -> None: ...

@@ -248,7 +248,6 @@ class ModelPool:
             name=f"model {record.model!r} version {record.version}",
             observer=slot.observer,
         )
-        slot.batcher.start()
         slot.last_used = time.monotonic()
         slot.state = VersionState.READY
         self._apply_routes()
