@@ -35,7 +35,7 @@ class GatedSession:
         self.on_run: Any = None  # called (in the running thread) after each batch is computed
 
     def run(
-        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None, options: Any
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None, options: Any = None
     ) -> list[np.ndarray]:
         self.options.append(options)
         self.gate.wait(10)
@@ -294,4 +294,20 @@ async def test_a_finishing_thread_starts_the_next_batch_without_the_event_loop(e
     assert done.wait(10), "batch 2 did not run while the event loop was blocked"
     await asyncio.gather(first, *later)
     assert session.batches == [1, 6]
+    await batcher.aclose()
+
+
+async def test_slow_thread_timings_do_not_close_the_inline_path(executor: Any) -> None:
+    """Wall times from threads (which include GIL waits) must not stop loop-timed tiny computes."""
+    session = GatedSession(onnx_models.linear())
+    session.gate.set()
+    batcher, recorder = make(session, executor, inline_compute_us=100_000)
+    for _ in range(8):  # the first batches run on a thread until the model has an estimate
+        await batcher.submit(linear_feeds(1), ["y"], 1, None)
+    assert recorder.flushes[-1] == "immediate"
+    for _ in range(10):
+        batcher.latency.observe(1, 500_000_000)  # as if a thread had waited 0.5 s for the GIL
+    recorder.flushes.clear()
+    await batcher.submit(linear_feeds(1), ["y"], 1, None)
+    assert recorder.flushes == ["immediate"]
     await batcher.aclose()

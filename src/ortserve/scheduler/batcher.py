@@ -32,7 +32,15 @@ from ortserve.scheduler.latency import LatencyModel
 from ortserve.scheduler.observer import VersionObserver
 from ortserve.scheduler.stats import VersionStats
 
-Outcome = tuple[list[list[np.ndarray]], int, tuple[int, int, int]]  # parts, rows, stack/run/split ns
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A computed batch: each request's outputs, and what the computation cost."""
+
+    parts: list[list[np.ndarray]]
+    rows: int
+    ns: tuple[int, int, int]  # wall time of stack, run, split
+    cpu_ns: int  # the computing thread's own CPU time
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,7 +81,11 @@ class Batcher:
         self._observer = observer
         self._batching = config.max_batch_size > 1
         self._inline_ns = config.inline_compute_us * 1000
-        self.latency = LatencyModel()
+        self.latency = LatencyModel()  # wall time per batch size, wherever the batch ran
+        # What a batch would cost the event loop: the computing thread's own CPU time. A
+        # thread's wall time also counts its waits for the GIL while the loop is busy; judging
+        # the inline path by that would shut the path for good under load.
+        self._loop_cost = LatencyModel()
         self._queue = BatchQueue(
             max_rows=config.max_batch_size,
             delay_ns=config.max_queue_delay_us * 1000,
@@ -104,10 +116,8 @@ class Batcher:
         priority: int = 0,
     ) -> tuple[list[np.ndarray], Timing]:
         """Queue one request and wait for its share of a batch's outputs."""
-        if not self._queue.depth and self._inline_ns and not self._closed:
-            estimate = self.latency.estimate(rows)
-            if estimate is not None and estimate <= self._inline_ns:
-                return self._run_now(feeds, outputs, rows)
+        if not self._queue.depth and not self._closed and self._fits_inline(rows):
+            return self._run_now(feeds, outputs, rows)
         request = self._admit(feeds, outputs, rows, deadline)
         with self._lock:
             self._queue.push(request, priority)
@@ -141,7 +151,7 @@ class Batcher:
         except Exception as exc:
             raise self._batch_error(exc, 1) from exc
         ns = time.perf_counter_ns() - start
-        self._account(rows, (0, ns, 0))
+        self._account(rows, (0, ns, 0), ns)
         return arrays, Timing(0, ns, rows, self._session.provider)
 
     def _admit(
@@ -215,7 +225,7 @@ class Batcher:
                 break
             self._observer.flushed(step.reason)
             self._observer.queue_depth(depth)
-            if self._runs_inline(step):
+            if self._fits_inline(step.rows):
                 self._execute_inline(step)
             else:
                 self._workers += 1
@@ -239,10 +249,13 @@ class Batcher:
         self._timer = None
         self._dispatch()
 
-    def _runs_inline(self, batch: Batch) -> bool:
+    def _fits_inline(self, rows: int) -> bool:
+        """Whether computing `rows` on the event loop should take under `inline_compute_us`."""
         if not self._inline_ns:
             return False
-        estimate = self.latency.estimate(batch.rows)
+        estimate = self._loop_cost.estimate(rows)
+        if estimate is None:
+            estimate = self.latency.estimate(rows)
         return estimate is not None and estimate <= self._inline_ns
 
     def _execute_inline(self, batch: Batch) -> None:
@@ -255,7 +268,7 @@ class Batcher:
                 except Exception as exc:
                     self._fail(requests, exc)
                 else:
-                    self._deliver(requests, batch.taken_ns, *outcome)
+                    self._deliver(requests, batch.taken_ns, outcome)
         finally:
             with self._lock:
                 self._free += 1
@@ -286,7 +299,7 @@ class Batcher:
         except Exception as exc:
             self._post(self._fail, requests, exc)
             return
-        self._post(self._deliver, requests, batch.taken_ns, *outcome)
+        self._post(self._deliver, requests, batch.taken_ns, outcome)
 
     def _take_next(self) -> Batch | None:
         expired: list[Request] = []
@@ -309,6 +322,7 @@ class Batcher:
 
     def _compute(self, requests: list[Request], options: ort.RunOptions) -> Outcome:
         """Stack, run, split; with the time of each step."""
+        cpu = time.thread_time_ns()
         t0 = time.perf_counter_ns()
         feeds, offsets = stack([r.feeds for r in requests])
         t1 = time.perf_counter_ns()
@@ -317,7 +331,7 @@ class Batcher:
         t2 = time.perf_counter_ns()
         parts = split(arrays, offsets, outputs) if len(requests) > 1 else [arrays]
         t3 = time.perf_counter_ns()
-        return parts, offsets[-1], (t1 - t0, t2 - t1, t3 - t2)
+        return Outcome(parts, offsets[-1], (t1 - t0, t2 - t1, t3 - t2), time.thread_time_ns() - cpu)
 
     # ------------------------------------------------------------------ results (event loop)
 
@@ -327,25 +341,18 @@ class Batcher:
             if not request.future.done():
                 request.future.set_exception(error)
 
-    def _deliver(
-        self,
-        requests: list[Request],
-        start: int,
-        parts: list[list[np.ndarray]],
-        rows: int,
-        ns: tuple[int, int, int],
-    ) -> None:
-        self._account(rows, ns)
-        compute = sum(ns)
+    def _deliver(self, requests: list[Request], start: int, outcome: Outcome) -> None:
+        self._account(outcome.rows, outcome.ns, outcome.cpu_ns)
+        compute = sum(outcome.ns)
         provider = self._session.provider
-        for request, arrays in zip(requests, parts, strict=True):
+        for request, arrays in zip(requests, outcome.parts, strict=True):
             if not request.future.done():
-                request.future.set_result(
-                    (arrays, Timing(start - request.enqueued_ns, compute, rows, provider))
-                )
+                timing = Timing(start - request.enqueued_ns, compute, outcome.rows, provider)
+                request.future.set_result((arrays, timing))
 
-    def _account(self, rows: int, ns: tuple[int, int, int]) -> None:
+    def _account(self, rows: int, ns: tuple[int, int, int], cpu_ns: int) -> None:
         self.latency.observe(rows, sum(ns))
+        self._loop_cost.observe(rows, cpu_ns)
         self._stats.record_batch(rows, *ns)
         self._observer.batch(rows, sum(ns))
 
