@@ -19,6 +19,15 @@ ENV_PREFIX = "ORTSERVE_"
 MiB = 1 << 20
 
 
+# Settings that must lie in a closed range.
+_RANGES: dict[str, tuple[float, float]] = {
+    "port": (0, 65535),
+    "metrics_port": (0, 65535),
+    "poll_interval_s": (0.05, 3600),
+    "gil_switch_interval_us": (50, 100_000),
+}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
     """Everything `ortserve serve` needs; units are in the names."""
@@ -51,6 +60,9 @@ class ServerConfig:
     poll_interval_s: float = 1.0
     # Batches expected to compute in less than this run on the event loop (no thread hop); 0: never.
     inline_compute_us: int = 100
+    # Python's switch interval (process-wide): how long the event loop may keep the GIL while a
+    # thread that finished a batch waits for it to hand back results. Python's default is 5000.
+    gil_switch_interval_us: int = 500
     # Evict unreferenced versions, least recently used first, above this much memory; 0: no limit.
     memory_budget_bytes: int = 0
     # Register the example models when the registry is empty.
@@ -65,18 +77,16 @@ class ServerConfig:
     admin_tokens: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("port", "metrics_port"):
+        for name, (low, high) in _RANGES.items():
             value = getattr(self, name)
-            if not 0 <= value <= 65535:
-                raise InvalidInput(f"{name} must be in 0..65535, got {value}")
+            if not low <= value <= high:
+                raise InvalidInput(f"{name} must be in {low}..{high}, got {value}")
         if self.max_message_bytes < MiB or self.max_message_bytes > 2047 * MiB:
             raise InvalidInput(f"max_message_bytes must be in 1 MiB..2047 MiB, got {self.max_message_bytes}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise InvalidInput(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         if self.log_format not in ("auto", "json", "console"):
             raise InvalidInput(f"log_format must be auto, json or console, got {self.log_format!r}")
-        if not 0.05 <= self.poll_interval_s <= 3600:
-            raise InvalidInput(f"poll_interval_s must be in 0.05..3600, got {self.poll_interval_s}")
         if self.memory_budget_bytes < 0:
             raise InvalidInput(f"memory_budget_bytes must be >= 0, got {self.memory_budget_bytes}")
         if self.grace_period_s < 0:

@@ -47,6 +47,8 @@ def test_env_lists_and_default_db_url(tmp_path: Path) -> None:
         ({"ORTSERVE_LOG_LEVEL": "loud"}, "log_level must be debug, info, warning or error, got 'loud'"),
         ({"ORTSERVE_STRICT_PROVIDERS": "maybe"}, "ORTSERVE_STRICT_PROVIDERS: cannot read 'maybe' as bool"),
         ({"ORTSERVE_MAX_MESSAGE_BYTES": "10"}, "max_message_bytes must be in 1 MiB..2047 MiB, got 10"),
+        ({"ORTSERVE_GIL_SWITCH_INTERVAL_US": "0"}, "gil_switch_interval_us must be in 50..100000, got 0"),
+        ({"ORTSERVE_POLL_INTERVAL_S": "0.001"}, "poll_interval_s must be in 0.05..3600, got 0.001"),
     ],
 )
 def test_bad_values_name_the_setting(environ: dict[str, str], message: str) -> None:

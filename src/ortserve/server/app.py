@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import sys
 from pathlib import Path
 
 import structlog
@@ -26,7 +27,7 @@ class OrtServer:
         self.metrics_port = 0
 
     async def start(self) -> int:
-        _tune_gc()
+        _tune_interpreter(self.config)
         parts = self.parts
         address = f"{self.config.host}:{self.config.port}"
         credentials = server_credentials(self.config)
@@ -80,9 +81,11 @@ def _write_port(port_file: str, port: int) -> None:
     tmp.replace(port_file)
 
 
-def _tune_gc() -> None:
+def _tune_interpreter(config: ServerConfig) -> None:
     """Everything allocated at start-up lives for the process: keep it out of collections, and
-    collect young objects less often (each request allocates a few hundred short-lived ones)."""
+    collect young objects less often (each request allocates a few hundred short-lived ones).
+    Batch threads get the GIL back from a busy event loop within `gil_switch_interval_us`."""
+    sys.setswitchinterval(config.gil_switch_interval_us / 1e6)
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
