@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from ortserve.server.loop_metrics import LoopCollector
 
 _SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -11,46 +13,34 @@ _VERSION = ["model", "version"]
 
 class Metrics:
     """What operators watch: RPCs by method and status; per model version, requests, queueing,
-    compute, batch sizes, queue depth, in-flight requests, errors by status code and flush reasons."""
+    compute, batch sizes, queue depth, in-flight requests, errors by status code and flush reasons.
+
+    What is updated per request lives in loop_metrics (event loop only, no locks); queue depth
+    and flush reasons are also updated by the batcher's threads and stay on prometheus_client.
+    """
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.rpc_total = Counter("ortserve_rpc_total", "RPCs handled", ["method", "code"], registry=r)
-        self.rpc_seconds = Histogram(
-            "ortserve_rpc_duration_seconds", "RPC handling time", ["method"], buckets=_SECONDS, registry=r
+        loop = LoopCollector(r)
+        self.rpc_total = loop.counter("ortserve_rpc_total", "RPCs handled", ["method", "code"])
+        self.rpc_seconds = loop.histogram(
+            "ortserve_rpc_duration_seconds", "RPC handling time", ["method"], _SECONDS
         )
-        self.request_seconds = Histogram(
-            "ortserve_request_duration_seconds",
-            "Inference request time in the core",
-            _VERSION,
-            buckets=_SECONDS,
-            registry=r,
+        self.request_seconds = loop.histogram(
+            "ortserve_request_duration_seconds", "Inference request time in the core", _VERSION, _SECONDS
         )
-        self.queue_seconds = Histogram(
-            "ortserve_queue_duration_seconds",
-            "Time requests wait for a batch",
-            _VERSION,
-            buckets=_SECONDS,
-            registry=r,
+        self.queue_seconds = loop.histogram(
+            "ortserve_queue_duration_seconds", "Time requests wait for a batch", _VERSION, _SECONDS
         )
-        self.compute_seconds = Histogram(
-            "ortserve_compute_duration_seconds",
-            "Batch compute time (stack, run, split)",
-            _VERSION,
-            buckets=_SECONDS,
-            registry=r,
+        self.compute_seconds = loop.histogram(
+            "ortserve_compute_duration_seconds", "Batch compute time (stack, run, split)", _VERSION, _SECONDS
         )
-        self.batch_rows = Histogram(
-            "ortserve_batch_size", "Rows per executed batch", _VERSION, buckets=_ROWS, registry=r
+        self.batch_rows = loop.histogram("ortserve_batch_size", "Rows per executed batch", _VERSION, _ROWS)
+        self.inflight = loop.gauge("ortserve_inflight_requests", "Requests in the core", _VERSION)
+        self.errors = loop.counter(
+            "ortserve_request_errors_total", "Failed inference requests by status code", [*_VERSION, "code"]
         )
         self.queue_depth = Gauge("ortserve_queue_depth", "Requests waiting for a batch", _VERSION, registry=r)
-        self.inflight = Gauge("ortserve_inflight_requests", "Requests in the core", _VERSION, registry=r)
-        self.errors = Counter(
-            "ortserve_request_errors_total",
-            "Failed inference requests by status code",
-            [*_VERSION, "code"],
-            registry=r,
-        )
         self.flushes = Counter(
             "ortserve_batch_flush_total", "Batches closed, by reason", [*_VERSION, "reason"], registry=r
         )
