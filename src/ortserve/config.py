@@ -48,7 +48,8 @@ class ServerConfig:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     # Fail a load when a preferred provider is unavailable instead of recording the fallback.
     strict_providers: bool = False
-    # ONNX Runtime intra-op threads per session; 0: cores / the version's max_concurrent_batches.
+    # ONNX Runtime intra-op threads per session; 0: (cores - 1) / the version's
+    # max_concurrent_batches, at least 1: one core stays with the event loop.
     intra_op_threads: int = 0
     # Threads for warm-ups; 0: the machine's cores. Each loaded version also runs its batches on
     # threads of its own, one per batch it may run at once (max_concurrent_batches).

@@ -37,8 +37,8 @@ class SessionDefaults:
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     strict_providers: bool = False
-    # 0: the machine's cores divided by the version's concurrent batches, so that a version
-    # running its batches at once uses every core and no more.
+    # 0: the machine's cores but one (the event loop's: gRPC, parsing, batching) divided by the
+    # version's concurrent batches, at least 1.
     intra_op_threads: int = 0
 
 
@@ -67,7 +67,7 @@ class OrtSession:
 def session_options(
     settings: SessionSettings, defaults: SessionDefaults, concurrent: int = 1
 ) -> ort.SessionOptions:
-    auto_threads = max(1, (os.cpu_count() or 1) // max(1, concurrent))
+    auto_threads = max(1, ((os.cpu_count() or 1) - 1) // max(1, concurrent))
     opts = ort.SessionOptions()
     opts.graph_optimization_level = _LEVELS[settings.graph_optimization_level]
     opts.intra_op_num_threads = settings.intra_op_num_threads or defaults.intra_op_threads or auto_threads
