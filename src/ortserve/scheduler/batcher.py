@@ -281,12 +281,17 @@ class Batcher:
 
     # ------------------------------------------------------------------ execution (threads)
 
-    def _work(self, batch: Batch | None) -> None:
+    def _work(self, batch: Batch) -> None:
         """An execution thread: run the batch, then each next closable one, then give the slot back."""
+        running: Batch | None = batch
         try:
-            while batch is not None:
-                self._run_batch(batch)
-                batch = self._take_next()
+            while running is not None:
+                self._run_batch(running)
+                running = self._take_next()  # None once it has given the slot back
+        except BaseException:
+            with self._lock:  # never strand the slot, or the version stops computing
+                self._free += 1
+            raise
         finally:
             self._post(self._worker_exit)
 
