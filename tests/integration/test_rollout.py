@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from grpc import aio
 
+from ortserve.api.inference import grpc_service_pb2 as gpb
+from ortserve.api.inference import grpc_service_pb2_grpc as gpb_grpc
 from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.api.v1 import registry_service_pb2 as rpb
@@ -236,3 +238,14 @@ async def test_watch_streams_registry_and_load_events(running: Running, tmp_path
     kinds = [e.kind for e in events]
     assert kinds[0] == "registered" and "ready" in kinds and kinds[-1] == "alias"
     assert events[-1].detail == f"production={version}" and events[-1].revision > 0
+
+
+async def test_retiring_the_last_version_leaves_a_clean_not_found(running: Running, tmp_path: Path) -> None:
+    v1 = await register(running, tmp_path, "gone", onnx_models.linear)
+    await running.registry.RetireModelVersion(rpb.RetireModelVersionRequest(name="gone", version=v1))
+    oip = gpb_grpc.GRPCInferenceServiceStub(running.channel)
+    await expect_error(
+        oip.ModelMetadata(gpb.ModelMetadataRequest(name="gone")), grpc.StatusCode.NOT_FOUND, "'gone'"
+    )
+    await expect_error(running.inference.Predict(predict("gone")), grpc.StatusCode.NOT_FOUND, "'gone'")
+    assert (await running.inference.Predict(predict("linear"))).model_version == 1  # still serving

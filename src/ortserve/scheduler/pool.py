@@ -210,6 +210,7 @@ class ModelPool:
         async with self._load_lock:
             if slot.state is VersionState.READY:
                 return slot
+            _check_not_retired(slot)
             slot.state, slot.error = VersionState.LOADING, ""
             self.events.publish("loading", model, version, slot.state)
             before = _rss()
@@ -222,6 +223,7 @@ class ModelPool:
                 self.events.publish("failed", model, version, slot.state, slot.error)
                 raise FailedPrecondition(slot.error) from exc
             slot.memory_bytes = max(_rss() - before, slot.record.size_bytes)
+            _check_not_retired(slot)  # retired while loading: drop the session, never serve it
             self._activate(slot, session)
         await self.evict(protect=slot.key)
         return slot
@@ -283,7 +285,10 @@ class ModelPool:
         model, version = slot.key
         await self.unload(model, version, reason="retired")
         slot.state = VersionState.RETIRED
-        self._models.get(model, {}).pop(version, None)
+        versions = self._models.get(model, {})
+        versions.pop(version, None)
+        if not versions:  # the last version went: the model is gone, not an empty list
+            self._models.pop(model, None)
 
     async def evict(self, protect: tuple[str, int] | None = None) -> None:
         """Unload least recently used versions nobody references while over the memory budget."""
@@ -309,6 +314,12 @@ class ModelPool:
             return self._models[model]
         except KeyError:
             raise NotFound(f"model {model!r} is not registered") from None
+
+
+def _check_not_retired(slot: VersionSlot) -> None:
+    if slot.state is VersionState.RETIRED:
+        model, version = slot.key
+        raise FailedPrecondition(f"model {model!r} version {version} is retired")
 
 
 def batcher_config(record: ModelVersionRecord, inline_compute_us: int = 0) -> BatcherConfig:
