@@ -438,7 +438,7 @@ class Registry:
 
     def get_version(self, name: str, version: int) -> ModelVersionRecord:
         with self._session() as session:
-            row = self._version_row(session, name, version)
+            row = rollout.version_row(session, rollout.find_model(session, name), version)
             return repo.version_record(row, name, self._path_for)
 
     def latest_version(self, name: str) -> ModelVersionRecord:
@@ -471,16 +471,6 @@ class Registry:
 
     def _path_for(self, sha256: str) -> str:
         return str(self.store.path_for(sha256))
-
-    def _version_row(self, session: Session, name: str, version: int) -> ModelVersion:
-        model_id = repo.model_id(session, name)
-        if model_id is None:
-            raise NotFound(f"model {name!r} is not registered")
-        row = repo.version_row(session, model_id, version)
-        if row is None:
-            numbers = ", ".join(str(n) for n in repo.version_numbers(session, model_id)) or "none"
-            raise NotFound(f"model {name!r} has no version {version}; versions: {numbers}")
-        return row
 
     @contextmanager
     def _session(self, *, write: bool = False, snapshot: bool = False) -> Iterator[Session]:

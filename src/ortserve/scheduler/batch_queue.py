@@ -169,21 +169,23 @@ class BatchQueue:
     def _take(
         self, key: tuple[object, ...], limit: int, reason: Flush, now: int, expired: list[Request]
     ) -> Batch:
-        """Remove requests of `key` in priority order, up to `limit` rows (at least one)."""
+        """Take requests of `key` in priority order, up to `limit` rows (at least one).
+
+        Taken requests are only marked: the scan stops once the batch is full, and `_head`
+        drops marked requests when they reach the front, so no queue is rebuilt per batch.
+        """
         taken: list[Request] = []
         rows = 0
         for priority in self._priorities:
-            keep: deque[Request] = deque()
             for request in self._queues[priority]:
+                if rows >= limit:
+                    break
                 if not self._alive(request, now, expired):
                     continue
                 if request.key == key and (not taken or rows + request.rows <= limit):
                     request.queued = False
                     taken.append(request)
                     rows += request.rows
-                else:
-                    keep.append(request)
-            self._queues[priority] = keep
         self.depth -= len(taken)
         batch = Batch(taken, reason, now)
         for request in taken:

@@ -116,7 +116,7 @@ class Batcher:
         priority: int = 0,
     ) -> tuple[list[np.ndarray], Timing]:
         """Queue one request and wait for its share of a batch's outputs."""
-        if not self._queue.depth and not self._closed and self._fits_inline(rows):
+        if not self._queue.depth and not self._workers and not self._closed and self._fits_inline(rows):
             return self._run_now(feeds, outputs, rows)
         request = self._admit(feeds, outputs, rows, deadline)
         with self._lock:
@@ -145,14 +145,12 @@ class Batcher:
     ) -> tuple[list[np.ndarray], Timing]:
         """The idle fast path: nothing to batch with, and queueing would cost more than computing."""
         self._observer.flushed(Flush.IMMEDIATE)
-        start = time.perf_counter_ns()
         try:
-            arrays = self._session.run(feeds, outputs)
+            outcome = self._compute([feeds], outputs, None)
         except Exception as exc:
             raise self._batch_error(exc, 1) from exc
-        ns = time.perf_counter_ns() - start
-        self._account(rows, (0, ns, 0), ns)
-        return arrays, Timing(0, ns, rows, self._session.provider)
+        self._account(outcome.rows, outcome.ns, outcome.cpu_ns)
+        return outcome.parts[0], Timing(0, sum(outcome.ns), rows, self._session.provider)
 
     def _admit(
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str], rows: int, deadline: float | None
@@ -254,8 +252,6 @@ class Batcher:
         if not self._inline_ns:
             return False
         estimate = self._loop_cost.estimate(rows)
-        if estimate is None:
-            estimate = self.latency.estimate(rows)
         return estimate is not None and estimate <= self._inline_ns
 
     def _execute_inline(self, batch: Batch) -> None:
@@ -264,7 +260,7 @@ class Batcher:
             requests = [r for r in batch.requests if not r.future.done()]
             if requests:
                 try:
-                    outcome = self._compute(requests, batch.options)
+                    outcome = self._compute([r.feeds for r in requests], requests[0].outputs, batch.options)
                 except Exception as exc:
                     self._fail(requests, exc)
                 else:
@@ -300,7 +296,7 @@ class Batcher:
         if not requests:
             return
         try:
-            outcome = self._compute(requests, batch.options)
+            outcome = self._compute([r.feeds for r in requests], requests[0].outputs, batch.options)
         except Exception as exc:
             self._post(self._fail, requests, exc)
             return
@@ -325,13 +321,17 @@ class Batcher:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to answer
             self._loop.call_soon_threadsafe(callback, *args)
 
-    def _compute(self, requests: list[Request], options: ort.RunOptions) -> Outcome:
-        """Stack, run, split; with the time of each step."""
+    def _compute(
+        self,
+        requests: Sequence[Mapping[str, np.ndarray]],
+        outputs: Sequence[str],
+        options: ort.RunOptions | None,
+    ) -> Outcome:
+        """Stack the requests' feeds, run, split; with the time of each step."""
         cpu = time.thread_time_ns()
         t0 = time.perf_counter_ns()
-        feeds, offsets = stack([r.feeds for r in requests])
+        feeds, offsets = stack(requests)
         t1 = time.perf_counter_ns()
-        outputs = requests[0].outputs
         arrays = self._session.run(feeds, outputs, options)
         t2 = time.perf_counter_ns()
         parts = split(arrays, offsets, outputs) if len(requests) > 1 else [arrays]

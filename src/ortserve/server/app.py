@@ -39,8 +39,7 @@ class OrtServer:
         except RuntimeError as exc:
             raise Unavailable(f"cannot listen on {address}: {exc}") from exc
         await parts.control.start()
-        if self.config.metrics_port >= 0:
-            self.metrics_port = parts.metrics.serve(self.config.host, self.config.metrics_port)
+        self.metrics_port = parts.metrics.serve(self.config.host, self.config.metrics_port)
         await parts.server.start()
         await parts.health.serving()
         log.info("server_started", address=f"{self.config.host}:{self.port}", metrics_port=self.metrics_port)

@@ -16,6 +16,7 @@ from ortserve.api.inference import grpc_service_pb2_grpc as pb_grpc
 from ortserve.control import ControlPlane
 from ortserve.errors import FailedPrecondition, InvalidInput, NotFound, OrtserveError
 from ortserve.registry.records import Manifest, VersionState
+from ortserve.registry.service import MAX_CHUNK_BYTES
 from ortserve.scheduler.inference import InferenceCore
 from ortserve.scheduler.pool import VersionSlot
 from ortserve.server import oip_convert as convert
@@ -25,7 +26,6 @@ from ortserve.server.streams import ordered_answers
 
 SERVER_NAME = "ortserve"
 EXTENSIONS = ("model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters")
-UPLOAD_CHUNK_BYTES = 1 << 20
 
 
 class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -187,8 +187,8 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
     view = memoryview(data)
-    for start in range(0, len(data), UPLOAD_CHUNK_BYTES):
-        yield bytes(view[start : start + UPLOAD_CHUNK_BYTES])
+    for start in range(0, len(data), MAX_CHUNK_BYTES):
+        yield bytes(view[start : start + MAX_CHUNK_BYTES])
 
 
 __all__ = ["OipServicer"]

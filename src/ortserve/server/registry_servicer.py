@@ -21,7 +21,6 @@ from ortserve.scheduler.inference import InferenceCore
 from ortserve.server import convert
 from ortserve.server.rpc import Context
 
-MAX_CHUNK_BYTES = 1 << 20
 MAX_AUDIT_EVENTS = 1000
 
 
@@ -49,7 +48,7 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
 
     async def ListModels(self, request: rpb.ListModelsRequest, context: Context) -> rpb.ListModelsResponse:
         records, token = await asyncio.to_thread(
-            self._registry.list_models, request.page_size or 100, request.page_token
+            self._registry.list_models, request.page_size, request.page_token
         )
         models = [await self._model(r) for r in records]
         return rpb.ListModelsResponse(models=models, next_page_token=token)
@@ -144,8 +143,4 @@ async def _chunks(requests: AsyncIterator[rpb.RegisterModelRequest]) -> AsyncIte
     async for message in requests:
         if message.WhichOneof("content") != "chunk":
             raise InvalidInput("RegisterModel takes one manifest; every later message must be a chunk")
-        if len(message.chunk) > MAX_CHUNK_BYTES:
-            raise InvalidInput(
-                f"chunk of {len(message.chunk)} bytes exceeds the limit of {MAX_CHUNK_BYTES} bytes"
-            )
         yield message.chunk
