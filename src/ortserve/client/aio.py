@@ -16,10 +16,9 @@ import grpc.aio
 
 from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
-from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
-from ortserve.client.channel import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, PemSource, RetryPolicy
+from ortserve.client.channel import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, PemSource, RetryPolicy, plan_channel
 from ortserve.client.client import (
     CHUNK_BYTES,
     DEFAULT_RETRY,
@@ -29,12 +28,14 @@ from ortserve.client.client import (
     Progress,
     VersionInfo,
     file_sha256,
-    make_plan,
     model_info_of,
     predict_request,
     prediction_of,
     register_manifest,
+    signature_info_of,
+    signature_request,
     stream_answer,
+    stream_request,
     version_info_of,
 )
 from ortserve.client.rollout import (
@@ -74,7 +75,7 @@ class AsyncClient:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        plan = make_plan(
+        plan = plan_channel(
             address,
             tls=tls,
             root_certificates=root_certificates,
@@ -152,7 +153,7 @@ class AsyncClient:
         async def requests() -> AsyncIterator[ipb.PredictStreamRequest]:
             i = 0
             async for feeds in _as_async(batches):
-                yield _stream_request(
+                yield stream_request(
                     i,
                     model,
                     feeds,
@@ -173,13 +174,10 @@ class AsyncClient:
     async def signature(
         self, model: str, version: str | int | None = None, timeout: float | None = None
     ) -> VersionInfo:
-        request = ipb.GetModelSignatureRequest(model=model, version="" if version is None else str(version))
         response = await self._inference.GetModelSignature(
-            request, timeout=self._deadline(timeout), metadata=self._metadata
+            signature_request(model, version), timeout=self._deadline(timeout), metadata=self._metadata
         )
-        return version_info_of(
-            mpb.ModelVersion(model=model, version=response.model_version, signature=response.signature)
-        )
+        return signature_info_of(model, response)
 
     # Registry
 
@@ -335,24 +333,6 @@ class AsyncClient:
                 yield event_of(message.event)
         finally:
             stream.cancel()
-
-
-def _stream_request(
-    i: int,
-    model: str,
-    feeds: Inputs,
-    *,
-    version: str | int | None,
-    outputs: Sequence[str],
-    routing_key: str | None,
-    priority: int,
-) -> ipb.PredictStreamRequest:
-    return ipb.PredictStreamRequest(
-        id=str(i),
-        request=predict_request(
-            model, feeds, version=version, outputs=outputs, routing_key=routing_key, priority=priority
-        ),
-    )
 
 
 async def _as_async(items: Iterable[Inputs] | AsyncIterable[Inputs]) -> AsyncIterator[Inputs]:

@@ -31,12 +31,12 @@ from ortserve.api.v1 import tensor_pb2 as tpb
 from ortserve.client.channel import (
     DEFAULT_ADDRESS,
     MAX_MESSAGE_BYTES,
-    ChannelPlan,
     PemSource,
     RetryPolicy,
     plan_channel,
 )
 from ortserve.client.rollout import (
+    STATE_NAMES,
     AliasInfo,
     AuditEntry,
     ModelEvent,
@@ -52,7 +52,6 @@ from ortserve.client.rollout import (
 
 CHUNK_BYTES = 1 << 20
 DEFAULT_RETRY = RetryPolicy()
-_STATE_NAMES = {v: k.removeprefix("VERSION_STATE_").lower() for k, v in mpb.VersionState.items()}
 _DTYPE_OF_ENUM = {
     tpb.DataType.Value("DATA_TYPE_" + ("STRING" if d is dtypes.BYTES else d.name)): d for d in dtypes.ALL
 }
@@ -160,7 +159,7 @@ def version_info_of(v: mpb.ModelVersion) -> VersionInfo:
     return VersionInfo(
         model=v.model,
         version=v.version,
-        state=_STATE_NAMES[v.state],
+        state=STATE_NAMES[v.state],
         error=v.error,
         sha256=v.sha256,
         size_bytes=v.size_bytes,
@@ -183,6 +182,35 @@ def model_info_of(m: mpb.Model) -> ModelInfo:
         {a.name: a.version for a in m.aliases},
         traffic_of(m.traffic) if m.HasField("traffic") else None,
         shadow_of(m.shadow) if m.HasField("shadow") else None,
+    )
+
+
+def stream_request(
+    i: int,
+    model: str,
+    feeds: Inputs,
+    *,
+    version: str | int | None,
+    outputs: Sequence[str],
+    routing_key: str | None,
+    priority: int,
+) -> ipb.PredictStreamRequest:
+    """Stream message `i` (its id) carrying one input set."""
+    return ipb.PredictStreamRequest(
+        id=str(i),
+        request=predict_request(
+            model, feeds, version=version, outputs=outputs, routing_key=routing_key, priority=priority
+        ),
+    )
+
+
+def signature_request(model: str, version: str | int | None) -> ipb.GetModelSignatureRequest:
+    return ipb.GetModelSignatureRequest(model=model, version="" if version is None else str(version))
+
+
+def signature_info_of(model: str, response: ipb.GetModelSignatureResponse) -> VersionInfo:
+    return version_info_of(
+        mpb.ModelVersion(model=model, version=response.model_version, signature=response.signature)
     )
 
 
@@ -258,37 +286,6 @@ def _upload(
                 progress(sent, manifest.size_bytes)
 
 
-def make_plan(
-    address: str | Sequence[str],
-    *,
-    tls: bool = False,
-    root_certificates: PemSource | None = None,
-    certificate_chain: PemSource | None = None,
-    private_key: PemSource | None = None,
-    server_name: str | None = None,
-    token: str | None = None,
-    metadata: Sequence[tuple[str, str]] = (),
-    retry: RetryPolicy | None = DEFAULT_RETRY,
-    health_check: bool = False,
-    max_message_bytes: int = MAX_MESSAGE_BYTES,
-    options: Sequence[tuple[str, Any]] = (),
-) -> ChannelPlan:
-    return plan_channel(
-        address,
-        tls=tls,
-        root_certificates=root_certificates,
-        certificate_chain=certificate_chain,
-        private_key=private_key,
-        server_name=server_name,
-        token=token,
-        metadata=metadata,
-        retry=retry,
-        health_check=health_check,
-        max_message_bytes=max_message_bytes,
-        options=options,
-    )
-
-
 class Client:
     """A channel to one or more servers; errors surface as grpc.RpcError with the server's code.
 
@@ -318,7 +315,7 @@ class Client:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        plan = make_plan(
+        plan = plan_channel(
             address,
             tls=tls,
             root_certificates=root_certificates,
@@ -399,11 +396,8 @@ class Client:
         stream (default: none).
         """
         requests = (
-            ipb.PredictStreamRequest(
-                id=str(i),
-                request=predict_request(
-                    model, feeds, version=version, outputs=outputs, routing_key=routing_key, priority=priority
-                ),
+            stream_request(
+                i, model, feeds, version=version, outputs=outputs, routing_key=routing_key, priority=priority
             )
             for i, feeds in enumerate(batches)
         )
@@ -417,13 +411,10 @@ class Client:
     def signature(
         self, model: str, version: str | int | None = None, timeout: float | None = None
     ) -> VersionInfo:
-        request = ipb.GetModelSignatureRequest(model=model, version="" if version is None else str(version))
         response = self._inference.GetModelSignature(
-            request, timeout=self._deadline(timeout), metadata=self._metadata
+            signature_request(model, version), timeout=self._deadline(timeout), metadata=self._metadata
         )
-        return version_info_of(
-            mpb.ModelVersion(model=model, version=response.model_version, signature=response.signature)
-        )
+        return signature_info_of(model, response)
 
     # Registry
 

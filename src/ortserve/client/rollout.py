@@ -12,7 +12,7 @@ from typing import Any
 from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.api.v1 import registry_service_pb2 as rpb
 
-_STATE_NAMES = {v: k.removeprefix("VERSION_STATE_").lower() for k, v in mpb.VersionState.items()}
+STATE_NAMES = {v: k.removeprefix("VERSION_STATE_").lower() for k, v in mpb.VersionState.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ def audit_of(e: mpb.AuditEvent) -> AuditEntry:
 
 
 def event_of(e: mpb.ModelEvent) -> ModelEvent:
-    return ModelEvent(e.kind, e.model, e.version, _STATE_NAMES.get(e.state, ""), e.detail, e.revision)
+    return ModelEvent(e.kind, e.model, e.version, STATE_NAMES.get(e.state, ""), e.detail, e.revision)
 
 
 def traffic_request(name: str, weights: Mapping[str | int, int], sticky: bool) -> rpb.SetTrafficPolicyRequest:
