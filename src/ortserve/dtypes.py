@@ -21,11 +21,13 @@ class DType:
     onnx: int
     ort: str
     itemsize: int  # 0 for variable-size strings
+    wire: np.dtype[np.generic]  # as raw bytes carry it: little-endian
 
 
 def _d(name: str, np_type: type, onnx_type: int, ort: str) -> DType:
     dt = np.dtype(np_type)
-    return DType(name, dt, onnx_type, ort, 0 if dt == np.dtype(object) else dt.itemsize)
+    fixed = dt != np.dtype(object)
+    return DType(name, dt, onnx_type, ort, dt.itemsize if fixed else 0, dt.newbyteorder("<") if fixed else dt)
 
 
 ALL: tuple[DType, ...] = (
@@ -47,7 +49,6 @@ ALL: tuple[DType, ...] = (
 
 BY_NAME = {d.name: d for d in ALL}
 BY_ORT = {d.ort: d for d in ALL}
-BY_ONNX = {d.onnx: d for d in ALL}
 BYTES = BY_NAME["BYTES"]
 BY_NUMPY = {d.numpy: d for d in ALL}
 

@@ -6,6 +6,7 @@ Numpy only, shared by the server and the client SDK. Decoding fixed-size types i
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 
@@ -34,7 +35,13 @@ def decode(raw: bytes, dtype: DType, shape: Sequence[int], what: str, *, text: b
     """The array that `raw` encodes; InvalidInput naming `what` when the size does not match.
 
     BYTES elements are bytes, or UTF-8 decoded str with `text` (ONNX Runtime takes str only).
+    Fixed-size elements come back as a read-only view of `raw`, without a copy.
     """
+    if dtype.itemsize and len(raw) == dtype.itemsize * math.prod(shape):
+        try:
+            return np.ndarray(tuple(shape), dtype.wire, raw)
+        except ValueError:  # a negative dimension: the checks below name it
+            pass
     count = element_count(shape, what)
     if dtype is BYTES:
         return _decode_bytes(raw, count, what, text).reshape(shape)
@@ -44,7 +51,7 @@ def decode(raw: bytes, dtype: DType, shape: Sequence[int], what: str, *, text: b
             f"{what}: raw data is {len(raw)} bytes but shape {list(shape)} of {dtype.name} "
             f"needs {expected} bytes"
         )
-    return np.frombuffer(raw, dtype=dtype.numpy.newbyteorder("<")).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype.wire).reshape(shape)
 
 
 def _decode_bytes(raw: bytes, count: int, what: str, text: bool) -> np.ndarray:

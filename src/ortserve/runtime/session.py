@@ -50,7 +50,6 @@ class OrtSession:
         self.providers: tuple[str, ...] = tuple(session.get_providers())
         self.provider = self.providers[0]
         self.fallback = fallback
-        self.output_names: tuple[str, ...] = tuple(o.name for o in session.get_outputs())
 
     def run(
         self,

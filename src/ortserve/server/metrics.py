@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from ortserve.scheduler.batch_queue import Flush
 from ortserve.server.loop_metrics import LoopCollector
 
 _SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -72,10 +73,7 @@ class VersionMetrics:
         self._rows = metrics.batch_rows.labels(model, version)
         self._depth = metrics.queue_depth.labels(model, version)
         self._inflight = metrics.inflight.labels(model, version)
-        self._flushes = {
-            reason: metrics.flushes.labels(model, version, reason)
-            for reason in ("immediate", "full", "preferred", "delay", "deadline")
-        }
+        self._flushes: dict[str, Counter] = {r: metrics.flushes.labels(model, version, r) for r in Flush}
 
     def queue_depth(self, depth: int) -> None:
         self._depth.set(depth)

@@ -38,7 +38,6 @@ GPU_PROVIDERS = frozenset(
 )
 
 _BY_NAME = dtypes.BY_NAME
-_LITTLE = {d.name: d.numpy.newbyteorder("<") for d in dtypes.ALL if d is not BYTES}
 _NAME_BY_NUMPY = {d.numpy: d.name for d in dtypes.ALL}
 _CONFIG_TYPE = {d: mc.DataType.Value("TYPE_" + ("STRING" if d is BYTES else d.name)) for d in dtypes.ALL}
 _NARROW: dict[str, type[np.integer[Any]]] = {
@@ -115,9 +114,12 @@ def _raw_feeds(request: pb.ModelInferRequest, raw: Sequence[bytes]) -> dict[str,
                 f"{_what(model, name)} has typed contents while the request uses raw_input_contents; "
                 "send all inputs raw or all typed"
             )
-        if name in feeds:
-            raise InvalidInput(f"{_what(model, name)} is given twice")
-        feeds[name] = array_from_raw(data, _dtype(tensor, model), tuple(tensor.shape), model, name)
+        _add(
+            feeds,
+            name,
+            tensors.decode(data, _dtype(tensor, model), tensor.shape, _what(model, name), text=True),
+            model,
+        )
     return feeds
 
 
@@ -148,17 +150,6 @@ def _add(feeds: dict[str, np.ndarray], name: str, array: np.ndarray, model: str)
     if name in feeds:
         raise InvalidInput(f"{_what(model, name)} is given twice")
     feeds[name] = array
-
-
-def array_from_raw(raw: bytes, dtype: DType, shape: tuple[int, ...], model: str, name: str) -> np.ndarray:
-    """Zero-copy read-only view of fixed-size raw data; BYTES and bad data go through `tensors.decode`."""
-    if dtype.itemsize and len(raw) == dtype.itemsize * math.prod(shape):
-        try:
-            return np.ndarray(shape, _LITTLE[dtype.name], raw)
-        except ValueError:  # a negative dimension; tensors.decode says so
-            pass
-    what = _what(model, name)
-    return tensors.decode(raw, dtype, shape, what, text=True)
 
 
 def array_from_contents(
@@ -422,7 +413,6 @@ def uploaded_model(model: str, params: Mapping[str, pb.ModelRepositoryParameter]
 
 __all__ = [
     "array_from_contents",
-    "array_from_raw",
     "index_entry",
     "infer_response",
     "model_config",
