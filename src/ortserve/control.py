@@ -92,13 +92,19 @@ class ControlPlane:
         events = self.pool.events
         for slot in added:
             events.publish("registered", slot.record.model, slot.record.version, slot.state)
-        for model, aliases in routes.aliases.items():
-            if dict(aliases) != dict(self.pool.routes(model).aliases):
+        # Against the registry's previous snapshot, not the routes in effect (which keep an
+        # alias's old target until the new one is warm), and over models on either side, so
+        # that a deleted alias or a cleared policy is announced too.
+        before = self.pool.snapshot
+        for model in sorted(set(before.aliases) | set(routes.aliases)):
+            aliases = dict(routes.aliases.get(model, {}))
+            if aliases != dict(before.aliases.get(model, {})):
                 detail = ", ".join(f"{k}={v}" for k, v in sorted(aliases.items()))
                 events.publish("alias", model, detail=detail)
-        for model, policy in routes.policies.items():
-            if policy != self.pool.routes(model).policy:
-                events.publish("traffic", model, detail=_describe(policy))
+        for model in sorted(set(before.policies) | set(routes.policies)):
+            policy = routes.policies.get(model)
+            if policy != before.policies.get(model):
+                events.publish("traffic", model, detail=_describe(policy) if policy else "cleared")
 
     def _load_missing(self) -> None:
         if not self._load_resident:

@@ -249,3 +249,25 @@ async def test_retiring_the_last_version_leaves_a_clean_not_found(running: Runni
     )
     await expect_error(running.inference.Predict(predict("gone")), grpc.StatusCode.NOT_FOUND, "'gone'")
     assert (await running.inference.Predict(predict("linear"))).model_version == 1  # still serving
+
+
+async def test_watch_announces_a_deleted_alias(running: Running, tmp_path: Path) -> None:
+    details: list[str] = []
+
+    async def watch() -> None:
+        async for message in running.registry.WatchModels(rpb.WatchModelsRequest(names=["unaliased"])):
+            if message.event.kind == "alias":
+                details.append(message.event.detail)
+                if len(details) == 2:
+                    return
+
+    watcher = asyncio.create_task(watch())
+    for _ in range(500):  # until the stream has subscribed
+        if running.server.parts.control.pool.events.subscribers:
+            break
+        await asyncio.sleep(0.01)
+    version = await register(running, tmp_path, "unaliased", onnx_models.linear)
+    await running.registry.SetAlias(rpb.SetAliasRequest(name="unaliased", alias="canary", version=version))
+    await running.registry.DeleteAlias(rpb.DeleteAliasRequest(name="unaliased", alias="canary"))
+    await asyncio.wait_for(watcher, 10)
+    assert details == [f"canary={version}", ""]

@@ -107,6 +107,11 @@ class ModelPool:
         gone = [slot for slot in self.slots() if slot.key not in seen]
         return added, gone
 
+    @property
+    def snapshot(self) -> RouteSnapshot:
+        """The registry's aliases and policies as last set (before warm-then-switch)."""
+        return self._snapshot
+
     def set_routes(self, snapshot: RouteSnapshot) -> None:
         self._snapshot = snapshot
         self._apply_routes()
