@@ -37,6 +37,14 @@ async def register(running: Running, tmp_path: Path, name: str, build: object, *
     return record.version
 
 
+async def subscribed(running: Running) -> None:
+    """Wait (bounded) until a WatchModels stream has subscribed to the server's events."""
+    for _ in range(500):
+        if running.server.parts.control.pool.events.subscribers:
+            return
+        await asyncio.sleep(0.01)
+
+
 def predict(model: str, key: str = "", version: str = "") -> ipb.PredictRequest:
     return ipb.PredictRequest(model=model, version=version, routing_key=key, inputs=[to_tensor("x", X)])
 
@@ -228,10 +236,7 @@ async def test_watch_streams_registry_and_load_events(running: Running, tmp_path
                 return
 
     watcher = asyncio.create_task(watch())
-    for _ in range(500):  # until the stream has subscribed
-        if running.server.parts.control.pool.events.subscribers:
-            break
-        await asyncio.sleep(0.01)
+    await subscribed(running)
     version = await register(running, tmp_path, "watched", onnx_models.linear)
     await running.registry.SetAlias(rpb.SetAliasRequest(name="watched", alias="production", version=version))
     await asyncio.wait_for(watcher, 10)
@@ -262,10 +267,7 @@ async def test_watch_announces_a_deleted_alias(running: Running, tmp_path: Path)
                     return
 
     watcher = asyncio.create_task(watch())
-    for _ in range(500):  # until the stream has subscribed
-        if running.server.parts.control.pool.events.subscribers:
-            break
-        await asyncio.sleep(0.01)
+    await subscribed(running)
     version = await register(running, tmp_path, "unaliased", onnx_models.linear)
     await running.registry.SetAlias(rpb.SetAliasRequest(name="unaliased", alias="canary", version=version))
     await running.registry.DeleteAlias(rpb.DeleteAliasRequest(name="unaliased", alias="canary"))
