@@ -17,17 +17,26 @@ from ortserve.errors import InvalidInput
 
 _LEN = struct.Struct("<I")
 MAX_ELEMENTS = 1 << 31
+MAX_RANK = 32  # numpy 1.x shapes at most 32 dimensions (2.x: 64); no model needs more
 
 
 def element_count(shape: Sequence[int], what: str) -> int:
-    """Product of `shape`, rejecting negative dimensions and absurd sizes."""
-    count = 1
+    """Product of `shape`, rejecting negative dimensions, too many of them and absurd sizes.
+
+    A zero-size shape counts too: its other dimensions may not multiply past MAX_ELEMENTS either
+    (numpy cannot make such an array, empty or not).
+    """
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"{what}: shape has {len(shape)} dimensions, more than {MAX_RANK}")
+    count = extent = 1
     for dim in shape:
         if dim < 0:
             raise InvalidInput(f"{what}: shape {list(shape)} has a negative dimension")
         count *= dim
-    if count > MAX_ELEMENTS:
-        raise InvalidInput(f"{what}: shape {list(shape)} has {count} elements, more than {MAX_ELEMENTS}")
+        extent *= dim or 1
+    if extent > MAX_ELEMENTS:
+        size = f"has {count} elements" if count else f"spans {extent} elements in its non-zero dimensions"
+        raise InvalidInput(f"{what}: shape {list(shape)} {size}, more than {MAX_ELEMENTS}")
     return count
 
 
@@ -37,10 +46,12 @@ def decode(raw: bytes, dtype: DType, shape: Sequence[int], what: str, *, text: b
     BYTES elements are bytes, or UTF-8 decoded str with `text` (ONNX Runtime takes str only).
     Fixed-size elements come back as a read-only view of `raw`, without a copy.
     """
-    if dtype.itemsize and len(raw) == dtype.itemsize * math.prod(shape):
+    # The fast path takes non-empty data of the right size; numpy rejects negative dimensions.
+    # Empty data goes the long way: numpy accepts some zero-size shapes that element_count does not.
+    if dtype.itemsize and raw and len(shape) <= MAX_RANK and len(raw) == dtype.itemsize * math.prod(shape):
         try:
             return np.ndarray(tuple(shape), dtype.wire, raw)
-        except ValueError:  # a negative dimension: the checks below name it
+        except ValueError:  # an even number of negative dimensions: the checks below name it
             pass
     count = element_count(shape, what)
     if dtype is BYTES:

@@ -1,0 +1,56 @@
+"""Inputs the fuzzers found that once escaped the decoders as something other than a domain error."""
+
+from __future__ import annotations
+
+import pytest
+
+from ortserve import dtypes, tensors
+from ortserve.api.inference import grpc_service_pb2 as oip
+from ortserve.api.v1 import inference_service_pb2 as ipb
+from ortserve.errors import InvalidInput
+from ortserve.server import convert, oip_convert
+
+FP32 = dtypes.BY_NAME["FP32"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "raw", "dtype", "message"),
+    [
+        # numpy refuses these shapes with ValueError ("array is too big"), even with no element.
+        ([1 << 62, 0], b"", FP32, "spans 4611686018427387904 elements"),
+        ([0, (1 << 63) - 1], b"", FP32, "spans 9223372036854775807 elements"),
+        ([1 << 31, 1 << 31, 0], b"", dtypes.BYTES, "spans 4611686018427387904 elements"),
+        # numpy shapes at most 64 dimensions (32 before numpy 2).
+        ([1] * 65, b"\0" * 4, FP32, "65 dimensions, more than 32"),
+        ([0] * 70, b"", FP32, "70 dimensions, more than 32"),
+        ([1] * 33, b"\0" * 4, FP32, "33 dimensions, more than 32"),
+    ],
+)
+def test_absurd_shapes_are_invalid_input(
+    shape: list[int], raw: bytes, dtype: dtypes.DType, message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        tensors.decode(raw, dtype, shape, "input 'x'")
+
+
+def test_a_zero_size_tensor_with_sane_dimensions_still_decodes() -> None:
+    assert tensors.decode(b"", FP32, [0, 16], "x").shape == (0, 16)
+    assert tensors.decode(b"", dtypes.BYTES, [3, 0], "x").shape == (3, 0)
+    assert tensors.decode(b"\0" * 4, FP32, [1] * 32, "x").shape == (1,) * 32
+
+
+def test_oip_raw_and_typed_inputs_with_absurd_shapes_are_invalid_input() -> None:
+    raw = oip.ModelInferRequest(model_name="m", raw_input_contents=[b""])
+    raw.inputs.add(name="x", datatype="FP32", shape=[1 << 40, 0])
+    typed = oip.ModelInferRequest(model_name="m")
+    typed.inputs.add(name="x", datatype="INT64", shape=[0, 1 << 40], contents=oip.InferTensorContents())
+    for request in (raw, typed):
+        with pytest.raises(InvalidInput, match="model 'm' input 'x': shape"):
+            oip_convert.predict_call(request, None)
+
+
+def test_predict_request_with_too_many_dimensions_is_invalid_input() -> None:
+    request = ipb.PredictRequest(model="m")
+    request.inputs.add(name="x", data_type=11, shape=[1] * 40, raw_data=b"\0" * 4)
+    with pytest.raises(InvalidInput, match="model 'm' input 'x': shape has 40 dimensions"):
+        convert.predict_call(request, None)
