@@ -124,3 +124,29 @@ async def test_closing_the_stream_cancels_unfinished_answers() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
     assert sorted(cancelled) == [0, 1, 2]
+
+
+async def test_a_message_deadline_applies_to_that_message_only() -> None:
+    """Each answer runs as its own task from its first step: a timeout inside one message's answer
+    cancels that answer, not the reader of the stream (it did when answers started outside a task)."""
+    messages = Messages()
+    never = asyncio.Event()
+
+    async def answer(n: int) -> int:
+        if n == 0:
+            try:
+                async with asyncio.timeout(0.01):
+                    await never.wait()
+            except TimeoutError:
+                return -1
+        assert asyncio.current_task() is not None
+        return n
+
+    out: list[int] = []
+    consumer = asyncio.create_task(collect(ordered_answers(messages, answer), out))
+    for n in range(3):
+        messages.queue.put_nowait(n)
+    messages.queue.put_nowait(None)
+    done, _ = await asyncio.wait({consumer}, timeout=5)  # asyncio.wait never cancels the consumer
+    assert consumer in done, f"the stream stalled; answers so far: {out}"
+    assert out == [-1, 1, 2]
