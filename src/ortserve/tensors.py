@@ -66,6 +66,11 @@ def decode(raw: bytes, dtype: DType, shape: Sequence[int], what: str, *, text: b
 
 
 def _decode_bytes(raw: bytes, count: int, what: str, text: bool) -> np.ndarray:
+    if count * _LEN.size > len(raw):  # before allocating `count` object pointers
+        raise InvalidInput(
+            f"{what}: BYTES data is {len(raw)} bytes, too short for {count} elements "
+            f"of at least {_LEN.size} bytes each"
+        )
     out = np.empty(count, dtype=object)
     view = memoryview(raw)
     pos = 0

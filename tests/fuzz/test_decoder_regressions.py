@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from ortserve import dtypes, tensors
@@ -54,3 +56,15 @@ def test_predict_request_with_too_many_dimensions_is_invalid_input() -> None:
     request.inputs.add(name="x", data_type=11, shape=[1] * 40, raw_data=b"\0" * 4)
     with pytest.raises(InvalidInput, match="model 'm' input 'x': shape has 40 dimensions"):
         convert.predict_call(request, None)
+
+
+def test_bytes_elements_are_counted_against_the_data_before_anything_is_allocated() -> None:
+    """A 2**31-element BYTES shape over empty data once allocated 16 GiB of object pointers first."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInput, match=r"BYTES data is 3 bytes, too short for 2147483648 elements"):
+            tensors.decode(b"abc", dtypes.BYTES, [1 << 31], "input 'x'")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
