@@ -319,7 +319,7 @@ def test_kill_before_database_commit_leaves_no_version(
     _assert_empty(registry)
     sha = hashlib.sha256(linear_path.read_bytes()).hexdigest()
     assert registry.store.contains(sha)  # the orphan blob of the store commit
-    assert registry.collect_garbage(blob_grace_s=0) == [registry.store.path_for(sha)]
+    assert [g.path for g in registry.collect_garbage(blob_grace_s=0)] == [registry.store.path_for(sha)]
     assert registry.register_file(linear_path, "victim").version == 1
     assert registry.collect_garbage(blob_grace_s=0) == []
 

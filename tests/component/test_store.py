@@ -88,9 +88,9 @@ def test_collect_garbage_keeps_referenced_and_young(tmp_path: Path) -> None:
     old = time.time() - 7200
     os.utime(stale.path, (old, old))
     fresh = store.open_upload()
-    assert store.collect_garbage({kept.stem}, blob_grace_s=3600) == [stale.path]
+    assert [g.path for g in store.collect_garbage({kept.stem}, blob_grace_s=3600)] == [stale.path]
     assert orphan.exists()
-    removed = store.collect_garbage({kept.stem})
+    removed = [g.path for g in store.collect_garbage({kept.stem})]
     assert removed == [orphan]
     assert kept.exists() and fresh.path.exists()
     fresh.abort()

@@ -43,7 +43,7 @@ from ortserve.registry.records import (
     TrafficPolicy,
     VersionState,
 )
-from ortserve.registry.store import ModelStore, Upload, hash_file
+from ortserve.registry.store import STALE_TEMP_S, Garbage, ModelStore, Upload, hash_file
 from ortserve.runtime.validation import ModelInfo, ValidationLimits, validate_model
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
@@ -461,11 +461,20 @@ class Registry:
         with self._session() as session:
             return repo.audit_events(session, model, limit)
 
-    def collect_garbage(self, *, blob_grace_s: float = 3600.0) -> list[Path]:
-        """Remove store blobs no version refers to (older than `blob_grace_s`) and stale temp files."""
+    def referenced_blobs(self) -> set[str]:
+        """The sha256 of every version's bytes, retired ones included: the blobs the store must keep."""
         with self._session() as session:
-            referenced = repo.referenced_sha256(session)
-        return self.store.collect_garbage(referenced, blob_grace_s=blob_grace_s)
+            return repo.referenced_sha256(session)
+
+    def collect_garbage(
+        self, *, blob_grace_s: float = 3600.0, stale_temp_s: float = STALE_TEMP_S, dry_run: bool = False
+    ) -> list[Garbage]:
+        """Remove store blobs no version refers to (older than `blob_grace_s`) and temp files of
+        uploads untouched for `stale_temp_s`; with `dry_run`, only list them."""
+        referenced = self.referenced_blobs()
+        return self.store.collect_garbage(
+            referenced, blob_grace_s=blob_grace_s, stale_temp_s=stale_temp_s, dry_run=dry_run
+        )
 
     # -- plumbing -------------------------------------------------------------------------------
 

@@ -3,21 +3,44 @@
 Bytes go to a temp file we create with O_EXCL (so no symlink or hardlink planted by anyone can be
 there), are hashed while written, fsynced, and renamed into place; the database row is committed
 only afterwards, so a crash leaves at most an orphan blob that `collect_garbage` removes.
+
+A write that fails for lack of space (ENOSPC, EDQUOT, EFBIG) is RESOURCE_EXHAUSTED, any other
+failure to write is UNAVAILABLE; the caller's message names neither paths nor the OS's own text
+beyond the reason, which goes to the log with the path under the message's correlation id.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from ortserve.errors import InvalidInput
+from ortserve.errors import InvalidInput, ResourceExhausted, Unavailable, logged
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 STALE_TEMP_S = 3600.0
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@contextmanager
+def _writing(step: str, path: Path) -> Iterator[None]:
+    """Turn an OSError of `step` into the caller's error; the path and the OS text go to the log."""
+    try:
+        yield
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else "input/output error"
+        if exc.errno in NO_SPACE:
+            message = f"the model store is full ({reason} while {step}); free space or raise its quota"
+            raise ResourceExhausted(logged(message, exc, path=str(path))) from exc
+        message = f"the model store cannot be written ({reason} while {step}); retry later"
+        raise Unavailable(logged(message, exc, level="error", path=str(path))) from exc
 
 
 class Upload:
@@ -32,7 +55,8 @@ class Upload:
         self.max_chunk_bytes = max_chunk_bytes
         self.size = 0
         self._hash = hashlib.sha256()
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with _writing("creating the upload's temp file", path):
+            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.closed = False
 
     @property
@@ -52,26 +76,41 @@ class Upload:
                 f"({self.size + len(chunk)} so far)"
             )
         view = memoryview(chunk)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        with _writing("writing the upload", self.path):
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
         self._hash.update(chunk)
         self.size += len(chunk)
 
     def seal(self) -> None:
         """Flush the bytes to disk and close the file; idempotent."""
         if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            with _writing("flushing the upload", self.path):
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
 
     def abort(self) -> None:
-        """Drop the temp file; idempotent."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self.path.unlink(missing_ok=True)
+        """Drop the temp file; idempotent. A file that cannot be removed is left to garbage collection."""
         self.closed = True
+        fd, self._fd = self._fd, None
+        try:
+            if fd is not None:
+                os.close(fd)
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            logged("an aborted upload's temp file was left behind", exc, path=str(self.path))
+
+
+@dataclass(frozen=True, slots=True)
+class Garbage:
+    """A file `collect_garbage` removes (or would remove): an orphan blob or a stale temp file."""
+
+    path: Path
+    size_bytes: int
 
 
 class ModelStore:
@@ -79,8 +118,9 @@ class ModelStore:
         self.root = Path(root)
         self.tmp = self.root / "tmp"
         self.blobs = self.root / "sha256"
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        self.blobs.mkdir(parents=True, exist_ok=True)
+        with _writing("creating the store's folders", self.root):
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            self.blobs.mkdir(parents=True, exist_ok=True)
 
     def open_upload(self, *, expected_size: int | None = None, max_chunk_bytes: int | None = None) -> Upload:
         path = self.tmp / f"upload-{secrets.token_hex(16)}.part"
@@ -97,38 +137,61 @@ class ModelStore:
             raise InvalidInput("the upload was aborted or already committed")
         upload.seal()
         target = self.path_for(upload.sha256)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists() and target.stat().st_size == upload.size:
-            upload.abort()  # same content already stored; refresh its age for collect_garbage
-            os.utime(target)
-        else:
-            os.replace(upload.path, target)
-            upload.closed = True
-            _fsync_dir(target.parent)
+        with _writing("storing the model", target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists() and target.stat().st_size == upload.size:
+                upload.abort()  # same content already stored; refresh its age for collect_garbage
+                os.utime(target)
+            else:
+                os.replace(upload.path, target)
+                upload.closed = True
+                _fsync_dir(target.parent)
         return target
 
     def contains(self, sha256: str) -> bool:
         return self.path_for(sha256).is_file()
 
-    def collect_garbage(
+    def garbage(
         self, referenced: set[str], *, stale_temp_s: float = STALE_TEMP_S, blob_grace_s: float = 0.0
-    ) -> list[Path]:
-        """Remove blobs whose sha256 is not in `referenced` and temp files older than `stale_temp_s`.
+    ) -> list[Garbage]:
+        """Blobs whose sha256 is not in `referenced`, and temp files older than `stale_temp_s`.
 
         A blob committed less than `blob_grace_s` ago is kept: its database row may be on its way
         (a registration in flight on another replica); pass a grace longer than a registration.
+        An upload in flight writes its temp file at least once per chunk, so it stays young.
         """
-        removed: list[Path] = []
+        found: list[Garbage] = []
         now = time.time()
-        for blob in self.blobs.glob("*/*.onnx"):
-            if blob.stem not in referenced and now - blob.stat().st_mtime >= blob_grace_s:
-                blob.unlink(missing_ok=True)
-                removed.append(blob)
-        for temp in self.tmp.iterdir():
-            if now - temp.stat().st_mtime > stale_temp_s:
-                temp.unlink(missing_ok=True)
-                removed.append(temp)
-        return removed
+        for blob in sorted(self.blobs.glob("*/*.onnx")):
+            if blob.stem not in referenced:
+                found.extend(_aged(blob, now, blob_grace_s))
+        for temp in sorted(self.tmp.iterdir()):
+            found.extend(_aged(temp, now, stale_temp_s))
+        return found
+
+    def collect_garbage(
+        self,
+        referenced: set[str],
+        *,
+        stale_temp_s: float = STALE_TEMP_S,
+        blob_grace_s: float = 0.0,
+        dry_run: bool = False,
+    ) -> list[Garbage]:
+        """Remove what `garbage` finds (nothing with `dry_run`); returns what was (or would be) removed."""
+        found = self.garbage(referenced, stale_temp_s=stale_temp_s, blob_grace_s=blob_grace_s)
+        if not dry_run:
+            for item in found:
+                item.path.unlink(missing_ok=True)
+        return found
+
+
+def _aged(path: Path, now: float, older_than_s: float) -> list[Garbage]:
+    """`path` as garbage when it was last written at least `older_than_s` ago (gone: nothing)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return []
+    return [Garbage(path, stat.st_size)] if now - stat.st_mtime >= older_than_s else []
 
 
 def _fsync_dir(path: Path) -> None:
