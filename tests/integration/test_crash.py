@@ -3,93 +3,31 @@ version that was READY serves again, aliases hold, and version numbers carry on.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import numpy as np
 
-from ortserve.api.v1 import inference_service_pb2 as ipb
-from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.api.v1 import registry_service_pb2 as rpb
-from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
-from ortserve.client.client import to_tensor
 from ortserve.registry.store import hash_file
 from tests import onnx_models
-from tests.integration.processes import ServerProcess, start_server
+from tests.integration.processes import start_server
+from tests.server_calls import (
+    CHUNK,
+    MODEL,
+    WAIT_S,
+    connect,
+    predict,
+    production,
+    register,
+    start_held_upload,
+    versions,
+    wait_for_upload_bytes,
+)
 
-MODEL = "durable"
-CHUNK = 1 << 20
-WAIT_S = 30.0
 # linear(n_in=2048, n_out=1024): an 8 MiB float32 weight, so the upload takes 8+ chunks.
 BIG_IN, BIG_OUT = 2048, 1024
 CHUNKS_BEFORE_KILL = 3
-X = np.ones((1, 16), np.float32)
-
-
-@dataclass
-class Connection:
-    channel: grpc.Channel
-    inference: ipb_grpc.InferenceServiceStub
-    registry: rpb_grpc.RegistryServiceStub
-
-    def close(self) -> None:
-        self.channel.close()
-
-
-def connect(process: ServerProcess) -> Connection:
-    options = [("grpc.max_send_message_length", 64 * CHUNK), ("grpc.max_receive_message_length", 64 * CHUNK)]
-    channel = grpc.insecure_channel(process.address, options=options)
-    grpc.channel_ready_future(channel).result(timeout=10)
-    return Connection(channel, ipb_grpc.InferenceServiceStub(channel), rpb_grpc.RegistryServiceStub(channel))
-
-
-def manifest(path: Path) -> rpb.RegisterModelRequest:
-    size, sha256 = hash_file(path)
-    return rpb.RegisterModelRequest(
-        manifest=rpb.RegisterManifest(name=MODEL, size_bytes=size, sha256=sha256, load=True)
-    )
-
-
-def chunks(path: Path) -> Iterator[rpb.RegisterModelRequest]:
-    with path.open("rb") as file:
-        while chunk := file.read(CHUNK):
-            yield rpb.RegisterModelRequest(chunk=chunk)
-
-
-def register(conn: Connection, path: Path) -> mpb.ModelVersion:
-    response = conn.registry.RegisterModel(iter([manifest(path), *chunks(path)]), timeout=60)
-    return response.version
-
-
-def predict(conn: Connection, version: str = "") -> ipb.PredictResponse:
-    request = ipb.PredictRequest(model=MODEL, version=version, inputs=[to_tensor("x", X)])
-    return conn.inference.Predict(request, timeout=10)
-
-
-def versions(conn: Connection) -> list[tuple[int, int]]:
-    listed = conn.registry.ListModelVersions(rpb.ListModelVersionsRequest(name=MODEL), timeout=10).versions
-    return [(v.version, v.state) for v in listed]
-
-
-def production(conn: Connection) -> int:
-    model = conn.registry.GetModel(rpb.GetModelRequest(name=MODEL), timeout=10).model
-    return {a.name: a.version for a in model.aliases}["production"]
-
-
-def wait_for_upload_bytes(store_tmp: Path, at_least: int, process: ServerProcess) -> None:
-    """Until the server's temp upload file holds `at_least` bytes (it is mid-stream)."""
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        sizes = [p.stat().st_size for p in store_tmp.glob("upload-*.part")]
-        if sizes and max(sizes) >= at_least:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"the upload never reached {at_least} bytes on the server\n{process.output()}")
 
 
 def test_kill_9_mid_registration_leaves_no_version_and_ready_ones_serve_again(tmp_path: Path) -> None:
@@ -109,24 +47,13 @@ def test_kill_9_mid_registration_leaves_no_version_and_ready_ones_serve_again(tm
         conn.registry.SetAlias(rpb.SetAliasRequest(name=MODEL, alias="production", version=1), timeout=30)
         before = predict(conn).outputs
 
-        # The manifest and a few chunks, sent slowly; the rest is held back until the server is dead.
-        release = threading.Event()
-
-        def slow_upload() -> Iterator[rpb.RegisterModelRequest]:
-            yield manifest(big)
-            for i, request in enumerate(chunks(big)):
-                if i == CHUNKS_BEFORE_KILL:
-                    release.wait(WAIT_S)
-                    return
-                time.sleep(0.05)
-                yield request
-
-        call = conn.registry.RegisterModel.future(slow_upload(), timeout=WAIT_S)
+        # The manifest and a few chunks; the rest is held back until the server is dead.
+        upload = start_held_upload(conn, big, CHUNKS_BEFORE_KILL)
         wait_for_upload_bytes(data / "store" / "tmp", CHUNKS_BEFORE_KILL * CHUNK, server)
         server.kill()
-        release.set()
-        error = call.exception(timeout=WAIT_S)
-        assert isinstance(error, grpc.RpcError), f"the interrupted upload answered {call.result()}"
+        upload.release.set()
+        error = upload.call.exception(timeout=WAIT_S)
+        assert isinstance(error, grpc.RpcError), f"the interrupted upload answered {upload.call.result()}"
     finally:
         conn.close()
         server.kill()
