@@ -18,6 +18,7 @@ from types import MappingProxyType
 import structlog
 
 from ortserve.errors import DeadlineExceeded, FailedPrecondition, ModelNotReady, NotFound, OrtserveError
+from ortserve.faults import crash_point
 from ortserve.registry.records import ModelVersionRecord, RouteSnapshot, VersionState
 from ortserve.runtime.session import OrtSession, SessionDefaults, create_session
 from ortserve.runtime.warmup import sample_feeds
@@ -221,6 +222,7 @@ class ModelPool:
             before = _rss()
             try:
                 session = await asyncio.to_thread(create_session, slot.record, self._defaults)
+                crash_point(f"load:{model}:{version}")  # test-only: see ortserve.faults
                 await self._warm_up(slot, session)
             except OrtserveError as exc:
                 slot.state, slot.error = VersionState.FAILED, str(exc)

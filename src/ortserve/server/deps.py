@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 from grpc import aio
 
+from ortserve import faults
 from ortserve.api.inference import grpc_service_pb2_grpc as oip_grpc
 from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
@@ -62,6 +63,7 @@ def _threads(config: ServerConfig) -> tuple[int, int]:
 def build_server(config: ServerConfig) -> Components:
     """Wire every component; nothing is started yet."""
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    faults.install()  # test-only crash points, armed by ORTSERVE_TEST_FAULT
     engine = make_engine(config.db_url)
     upgrade(engine)
     registry = Registry(engine, ModelStore(config.store_dir), max_model_bytes=config.max_model_bytes)
