@@ -22,7 +22,11 @@ class LatencyModel:
 
     def observe(self, rows: int, ns: int) -> None:
         """Called on the event loop while execution threads may `estimate`: a size is listed only
-        once its time is stored, so a concurrent reader never finds a listed size without one."""
+        once its time is stored, so a concurrent reader never finds a listed size without one.
+        A batch of zero rows says nothing about the cost of rows (and extrapolating from size 0
+        would divide by zero): it is not counted."""
+        if rows <= 0:
+            return
         old = self._ns.get(rows)
         if old is None:
             self._ns[rows] = float(ns)

@@ -1,4 +1,4 @@
-"""Inputs the fuzzers found that once escaped the decoders as something other than a domain error."""
+"""Inputs the fuzzers found that once escaped as something other than a domain error."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ortserve import dtypes, tensors
 from ortserve.api.inference import grpc_service_pb2 as oip
 from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.errors import InvalidInput
+from ortserve.scheduler.latency import LatencyModel
 from ortserve.server import convert, oip_convert
 
 FP32 = dtypes.BY_NAME["FP32"]
@@ -68,3 +69,16 @@ def test_bytes_elements_are_counted_against_the_data_before_anything_is_allocate
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20
+
+
+def test_latency_model_after_zero_row_batches_estimates_without_dividing_by_zero() -> None:
+    """Three empty requests (shape [0, 16]) taught the model only size 0; the next request with rows
+    extrapolated from it (x / 0), and every later request to that version failed INTERNAL."""
+    model = LatencyModel()
+    for _ in range(3):
+        model.observe(0, 10_000)
+    assert model.estimate(1) is None  # nothing learned about rows yet
+    model.observe(2, 40_000)
+    model.observe(2, 40_000)
+    model.observe(2, 40_000)
+    assert model.estimate(4) == pytest.approx(80_000)
