@@ -120,6 +120,19 @@ def _add_db(sub: Any) -> None:
     up = dsub.add_parser("upgrade", help="apply migrations")
     _server_flags(up)
     up.set_defaults(run=_db_upgrade)
+    gc = dsub.add_parser(
+        "gc", help="remove model-store files no version references (left by crashed or aborted uploads)"
+    )
+    _server_flags(gc)
+    gc.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="keep files written less than this long ago: uploads in flight (default: 3600)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    gc.set_defaults(run=_db_gc)
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
@@ -130,6 +143,32 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     upgrade(make_engine(config.db_url))
     print(f"registry at {config.db_url} is up to date")
+    return 0
+
+
+def _db_gc(args: argparse.Namespace) -> int:
+    from ortserve.config import load_config
+    from ortserve.registry.db import make_engine
+    from ortserve.registry.service import Registry
+    from ortserve.registry.store import ModelStore
+
+    if args.grace < 0:
+        raise OrtserveError(f"--grace must be >= 0 seconds, got {args.grace:g}")
+    config = load_config(args.config, overrides=_overrides(args))
+    engine = make_engine(config.db_url)
+    try:
+        # A database without the registry's tables fails in collect_garbage before anything is removed.
+        registry = Registry(engine, ModelStore(config.store_dir), max_model_bytes=config.max_model_bytes)
+        found = registry.collect_garbage(
+            blob_grace_s=args.grace, stale_temp_s=args.grace, dry_run=args.dry_run
+        )
+    finally:
+        engine.dispose()
+    verb = "would remove" if args.dry_run else "removed"
+    for item in found:
+        print(f"{verb} {item.path} ({item.size_bytes} bytes)")
+    freed = sum(item.size_bytes for item in found)
+    print(f"{verb} {len(found)} file(s), {freed} bytes{' (dry run)' if args.dry_run else ' freed'}")
     return 0
 
 

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 
 from ortserve.registry.orm import AuditEvent
 
-POINT = os.environ.get("ORTSERVE_TEST_FAULT", "")
+VARIABLE = "ORTSERVE_TEST_FAULT"
+POINT = os.environ.get(VARIABLE, "")
 _AUDITED = "ortserve_test_fault_audited"
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from ortserve import faults
 from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.registry.store import hash_file
@@ -34,8 +35,6 @@ from tests.server_calls import (
     register,
     versions,
 )
-
-FAULT_VARIABLE = "ORTSERVE_TEST_FAULT"
 
 
 @dataclass(frozen=True)
@@ -105,9 +104,9 @@ def test_kill_9_mid_change_loses_nothing(
 ) -> None:
     data = tmp_path / "data"
     shutil.copytree(template.data, data)
-    monkeypatch.setenv(FAULT_VARIABLE, scenario.point)  # read once, by the server process at start
+    monkeypatch.setenv(faults.VARIABLE, scenario.point)  # read once, by the server process at start
     server = start_server(tmp_path, "crashing", "--data-dir", str(data))
-    monkeypatch.delenv(FAULT_VARIABLE)
+    monkeypatch.delenv(faults.VARIABLE)
     conn = connect(server)
     try:
         with pytest.raises(grpc.RpcError):
