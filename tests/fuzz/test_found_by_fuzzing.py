@@ -5,6 +5,7 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
+from grpc_health.v1 import health_pb2
 
 from ortserve import dtypes, tensors
 from ortserve.api.inference import grpc_service_pb2 as oip
@@ -12,6 +13,7 @@ from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.errors import InvalidInput
 from ortserve.scheduler.latency import LatencyModel
 from ortserve.server import convert, oip_convert
+from tests.fuzz.server import MODELS, FuzzServer
 
 FP32 = dtypes.BY_NAME["FP32"]
 
@@ -82,3 +84,18 @@ def test_latency_model_after_zero_row_batches_estimates_without_dividing_by_zero
     model.observe(2, 40_000)
     model.observe(2, 40_000)
     assert model.estimate(4) == pytest.approx(80_000)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_health_list_answers_every_service(fuzz_server: FuzzServer) -> None:
+    """grpc.health.v1.Health/List is in the protocol, but the asyncio servicer of
+    grpcio-health-checking does not implement it: List raised NotImplementedError (INTERNAL)."""
+    answer = await fuzz_server.health.List(health_pb2.HealthListRequest(), timeout=10)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert {name: s.status for name, s in answer.statuses.items()} == {
+        "": serving,
+        "ortserve.api.v1.InferenceService": serving,
+        "ortserve.api.v1.RegistryService": serving,
+        "inference.GRPCInferenceService": serving,
+        **{model: serving for model in MODELS},
+    }

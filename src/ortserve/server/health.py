@@ -11,11 +11,23 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+class _Servicer(health.aio.HealthServicer):  # type: ignore[misc]  # untyped library
+    """grpcio-health-checking's asyncio servicer, plus List, which it lacks (the generated base
+    raises NotImplementedError)."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: object
+    ) -> health_pb2.HealthListResponse:
+        known = self._server_status.items()
+        answers = {name: health_pb2.HealthCheckResponse(status=status) for name, status in known}
+        return health_pb2.HealthListResponse(statuses=answers)
+
+
 class Health:
     """A model's name is SERVING while at least one of its versions is READY here."""
 
     def __init__(self, pool: ModelPool, services: tuple[str, ...]) -> None:
-        self.servicer = health.aio.HealthServicer()
+        self.servicer = _Servicer()
         self._pool = pool
         self._services = ("", *services)
 
