@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_predict(sub)
     _add_config(sub)
+    _add_token(sub)
     _add_bench(sub)
     return parser
 
@@ -322,6 +323,40 @@ def _predict(args: argparse.Namespace) -> int:
         },
     }
     print(json.dumps(out))
+    return 0
+
+
+def _add_token(sub: Any) -> None:
+    p = sub.add_parser("token", help="bearer tokens")
+    tsub = p.add_subparsers(required=True, metavar="ACTION")
+    new = tsub.add_parser(
+        "new", help="make a random token: the secret for the client, the hashed entry for the server"
+    )
+    new.add_argument("name", help="the name the audit log records for changes made with it")
+    new.set_defaults(run=_token_new)
+    hashed = tsub.add_parser("hash", help="the hashed entry (NAME:sha256:HEX) for a secret read from stdin")
+    hashed.add_argument("name")
+    hashed.set_defaults(run=_token_hash)
+
+
+def _token_new(args: argparse.Namespace) -> int:
+    import secrets
+
+    from ortserve.server.auth import token_line
+
+    secret = secrets.token_urlsafe(32)
+    print(json.dumps({"secret": secret, "entry": token_line(args.name, secret)}))
+    return 0
+
+
+def _token_hash(args: argparse.Namespace) -> int:
+    from ortserve.server.auth import token_line
+
+    secret = sys.stdin.readline().rstrip("\n")
+    if not secret:
+        print("error: no secret on standard input", file=sys.stderr)
+        return 2
+    print(token_line(args.name, secret))
     return 0
 
 

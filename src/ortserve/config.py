@@ -17,6 +17,7 @@ from ortserve.errors import InvalidInput
 
 ENV_PREFIX = "ORTSERVE_"
 MiB = 1 << 20
+_INT32 = 2**31 - 1
 
 
 # Settings that must lie in a closed range.
@@ -25,6 +26,17 @@ _RANGES: dict[str, tuple[float, float]] = {
     "metrics_port": (0, 65535),
     "poll_interval_s": (0.05, 3600),
     "gil_switch_interval_us": (50, 100_000),
+    # Overload limits and connection management (gRPC channel arguments are 32-bit).
+    "max_concurrent_rpcs": (0, _INT32),
+    "max_concurrent_streams": (0, _INT32),
+    "max_request_bytes": (0, 2**40),
+    "keepalive_time_ms": (1000, _INT32),
+    "keepalive_timeout_ms": (1000, _INT32),
+    "min_ping_interval_without_data_ms": (0, _INT32),
+    "max_ping_strikes": (0, _INT32),
+    "max_connection_idle_ms": (0, _INT32),
+    "max_connection_age_ms": (0, _INT32),
+    "max_connection_age_grace_ms": (0, _INT32),
 }
 
 
@@ -69,13 +81,39 @@ class ServerConfig:
     # Register the example models when the registry is empty.
     examples: bool = False
     reflection: bool = True
+    # With tokens configured, reflection needs the infer scope unless this is set.
+    reflection_public: bool = False
     # TLS: PEM files; with tls_client_ca_file clients must present a certificate (mutual TLS).
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
-    # Bearer tokens; when any is set every RPC but health and reflection needs one.
+    # Bearer tokens; when any is set every RPC but health needs one. Each entry is a secret, or
+    # NAME:sha256:HEX (`ortserve token hash`) so the file holds no secret; the audit log records
+    # the name of the token that made a change.
     infer_tokens: tuple[str, ...] = ()
     admin_tokens: tuple[str, ...] = ()
+    # RPCs handled at once, streams included; more are refused with RESOURCE_EXHAUSTED; 0: no limit.
+    max_concurrent_rpcs: int = 0
+    # RPCs one connection may have open at once (HTTP/2 SETTINGS; clients queue the rest); 0: no limit.
+    max_concurrent_streams: int = 0
+    # Input tensor bytes of one inference request (RESOURCE_EXHAUSTED above); 0: max_message_bytes.
+    max_request_bytes: int = 0
+    # Ping a client after this long without activity on a connection with calls, to find dead peers.
+    keepalive_time_ms: int = 60_000
+    # Close the connection when a keepalive ping is not answered within this.
+    keepalive_timeout_ms: int = 20_000
+    # Client pings closer than this while no data flows count a strike; past max_ping_strikes: GOAWAY.
+    min_ping_interval_without_data_ms: int = 10_000
+    # Strikes (too frequent client pings) before GOAWAY too_many_pings; 0: never close for pings.
+    max_ping_strikes: int = 2
+    # Accept client pings on connections without calls (otherwise each one counts a strike).
+    keepalive_permit_without_calls: bool = False
+    # Close a connection without calls after this long (GOAWAY; clients reconnect on use); 0: never.
+    max_connection_idle_ms: int = 300_000
+    # Close every connection after this long, to rebalance long-lived clients; 0: never.
+    max_connection_age_ms: int = 0
+    # After max_connection_age_ms, calls still running get this long before the close; 0: unlimited.
+    max_connection_age_grace_ms: int = 0
 
     def __post_init__(self) -> None:
         for name, (low, high) in _RANGES.items():

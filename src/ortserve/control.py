@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 import structlog
 
@@ -42,7 +43,9 @@ class ControlPlane:
         load_on_start: bool,
         poll_interval_s: float = 1.0,
         on_change: Callable[[], Awaitable[None]] | None = None,
+        on_poll_failure: Callable[[str], None] = lambda kind: None,
     ) -> None:
+        self._poll_failed = on_poll_failure
         self.registry = registry
         self.pool = pool
         self._load_resident = load_on_start
@@ -52,6 +55,7 @@ class ControlPlane:
         self._refreshing = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._loads: set[asyncio.Task[None]] = set()
+        self._drains: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.refresh()
@@ -65,11 +69,12 @@ class ControlPlane:
                 await self._poller
         for task in list(self._loads):
             task.cancel()
-        await asyncio.gather(*self._loads, return_exceptions=True)
+        await asyncio.gather(*self._loads, *self._drains, return_exceptions=True)
         await self.pool.aclose()
 
     async def refresh(self) -> None:
-        """Converge on the registry: versions, routes, residency (loads run in the background)."""
+        """Converge on the registry: versions, routes, residency. Loads and the drains of retired
+        versions run in the background: the lock is never held across them."""
         async with self._refreshing:
             revision = await asyncio.to_thread(self.registry.revision)
             if revision == self._revision:
@@ -79,7 +84,8 @@ class ControlPlane:
             self.pool.events.revision = revision
             self._publish(added, routes)
             for slot in gone:
-                await self.pool.remove(slot)
+                self.pool.detach(slot)
+                _spawn(self._drains, self.pool.close_retired(slot))
             self.pool.set_routes(routes)
             self._revision = revision
             self._load_missing()
@@ -112,9 +118,7 @@ class ControlPlane:
         for model, version in sorted(self.pool.resident()):
             slot = self.pool.slot(model, version)
             if slot.state is VersionState.REGISTERED:
-                task = asyncio.create_task(self._load_quietly(slot))
-                self._loads.add(task)
-                task.add_done_callback(self._loads.discard)
+                _spawn(self._loads, self._load_quietly(slot))
 
     async def settle(self) -> None:
         """Wait for the loads a refresh started (at start-up, and in tests)."""
@@ -122,12 +126,19 @@ class ControlPlane:
             await asyncio.gather(*list(self._loads), return_exceptions=True)
 
     async def _poll(self) -> None:
+        """Refresh every poll interval, whatever a refresh raises: the poller never stops by itself."""
         while True:
             await asyncio.sleep(self._poll_interval_s)
             try:
                 await self.refresh()
+            except asyncio.CancelledError:
+                raise
             except OrtserveError as exc:
+                self._poll_failed(type(exc).__name__)
                 log.warning("registry_poll_failed", error=str(exc))
+            except Exception as exc:
+                self._poll_failed(type(exc).__name__)
+                log.error("registry_poll_failed", exc_info=exc)
 
     async def _load_quietly(self, slot: VersionSlot) -> None:
         with contextlib.suppress(FailedPrecondition):
@@ -190,6 +201,7 @@ class ControlPlane:
     async def retire(self, model: str, version: int, actor: str) -> ModelVersionRecord:
         record = await asyncio.to_thread(self.registry.retire, model, version, actor=actor)
         await self.refresh()
+        await asyncio.gather(*self._drains, return_exceptions=True)  # answer once it has drained
         return record
 
     async def _converged(self, model: str, version: int) -> None:
@@ -240,6 +252,13 @@ class ControlPlane:
             return record.state, record.error, ()
         active = slot.session.providers if slot.session is not None else ()
         return slot.state, slot.error, active
+
+
+def _spawn(tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` in the background, tracked in `tasks` until it ends."""
+    task = asyncio.create_task(work)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
 
 
 def _describe(policy: TrafficPolicy) -> str:

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
+import structlog
+
+_log = structlog.get_logger("ortserve.errors")
+
 
 class OrtserveError(Exception):
     """Base of every error ortserve raises on purpose; the message is shown to the caller."""
@@ -49,3 +56,21 @@ class Unauthenticated(OrtserveError):
 
 class PermissionDenied(OrtserveError):
     """The caller is known but lacks the scope for this call."""
+
+
+def logged(message: str, detail: BaseException | str, *, level: str = "warning", **fields: Any) -> str:
+    """`message` for the caller, with a correlation id; `detail` (a dependency's own text, which may
+    hold paths or internals) goes only to the log line that carries the same id."""
+    correlation_id = uuid.uuid4().hex[:16]
+    exc_info = detail if isinstance(detail, BaseException) else None
+    text = "" if exc_info is not None else detail
+    emit = getattr(_log, level)
+    emit(
+        "error_detail",
+        correlation_id=correlation_id,
+        message=message,
+        detail=text,
+        exc_info=exc_info,
+        **fields,
+    )
+    return f"{message} (correlation id {correlation_id}; details in the server log)"

@@ -18,6 +18,7 @@ from ortserve.scheduler.batcher import Batcher, BatcherConfig
 from ortserve.scheduler.observer import NullObserver
 from ortserve.scheduler.stats import VersionStats
 from tests import onnx_models
+from tests.patterns import LOGGED
 
 W = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
 
@@ -224,7 +225,10 @@ async def test_a_failing_batch_fails_only_its_own_callers(executor: Any) -> None
     await settle()
     session.gate.set()
     results = await asyncio.gather(*good)
-    with pytest.raises(InvalidInput, match=r"model 'm' version 1 failed on this input: .*"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"model 'm' version 1 failed on this input in ONNX Runtime \(Fail\)" + LOGGED,
+    ):
         await bad
     await blocker
     for i, (arrays, _) in enumerate(results):
@@ -303,6 +307,7 @@ async def test_slow_thread_timings_do_not_close_the_inline_path(executor: Any) -
     session.gate.set()
     batcher, recorder = make(session, executor, inline_compute_us=100_000)
     for _ in range(8):  # the first batches run on a thread until the model has an estimate
+        await batcher.wait_idle()  # the thread hands back its slot after the answer: wait for it
         await batcher.submit(linear_feeds(1), ["y"], 1, None)
     assert recorder.flushes[-1] == "immediate"
     for _ in range(10):

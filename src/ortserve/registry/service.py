@@ -22,6 +22,7 @@ from ortserve.errors import (
     NotFound,
     ResourceExhausted,
     Unavailable,
+    logged,
 )
 from ortserve.registry import repository as repo
 from ortserve.registry import rollout
@@ -492,11 +493,10 @@ class Registry:
             with Session(bind, expire_on_commit=False) as session, session.begin():
                 yield session
         except sa.exc.IntegrityError as exc:
-            raise Aborted(
-                f"a concurrent registry change conflicted with this one; retry ({exc.orig})"
-            ) from exc
+            message = logged("a concurrent registry change conflicted with this one; retry", exc)
+            raise Aborted(message) from exc
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise Unavailable(f"the registry database is unavailable: {exc.orig}") from exc
+            raise Unavailable(logged("the registry database is unavailable; retry later", exc)) from exc
 
 
 def _version_row(model_id: int, number: int, manifest: Manifest, info: ModelInfo) -> ModelVersion:

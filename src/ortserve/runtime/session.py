@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from ortserve.errors import FailedPrecondition
+from ortserve.errors import FailedPrecondition, logged
 from ortserve.registry.records import ModelVersionRecord, ProviderSpec, SessionSettings
 from ortserve.runtime.providers import check_fallback, resolve_providers
 
@@ -22,6 +22,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 log = structlog.get_logger(__name__)
+_ORT_ERRORS_MODULE = "onnxruntime.capi.onnxruntime_pybind11_state"
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -83,6 +84,11 @@ def session_options(
     return opts
 
 
+def is_ort_error(exc: BaseException) -> bool:
+    """Whether ONNX Runtime raised `exc` (its exception types live in the pybind state module)."""
+    return type(exc).__module__ == _ORT_ERRORS_MODULE
+
+
 def create_session(record: ModelVersionRecord, defaults: SessionDefaults) -> OrtSession:
     """Build the session for `record` with its provider preference (else the server's)."""
 
@@ -98,9 +104,8 @@ def create_session(record: ModelVersionRecord, defaults: SessionDefaults) -> Ort
             provider_options=options,
         )
     except Exception as exc:  # ORT raises several unrelated types for a bad model or option
-        raise FailedPrecondition(
-            f"model {record.model!r} version {record.version} failed to load: {exc}"
-        ) from exc
+        message = f"model {record.model!r} version {record.version} failed to load in ONNX Runtime"
+        raise FailedPrecondition(logged(message, exc)) from exc
     # The Python wrapper would otherwise retry failed runs on CPU by mutating the shared session.
     session.disable_fallback()
     fallback = plan.unavailable + check_fallback(
@@ -111,4 +116,4 @@ def create_session(record: ModelVersionRecord, defaults: SessionDefaults) -> Ort
     return OrtSession(session, fallback)
 
 
-__all__ = ["OrtSession", "SessionDefaults", "create_session"]
+__all__ = ["OrtSession", "SessionDefaults", "create_session", "is_ort_error"]

@@ -10,7 +10,7 @@ import numpy as np
 
 from ortserve import dtypes
 from ortserve.dtypes import DType
-from ortserve.errors import InvalidInput
+from ortserve.errors import InvalidInput, ResourceExhausted
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,15 +63,23 @@ class Signature:
         return tuple(s.name for s in self.outputs)
 
 
-def check_feeds(signature: Signature, feeds: Mapping[str, np.ndarray], model: str) -> int:
-    """Validate names, dtypes and shapes of `feeds`; return the batch size (rows on axis 0).
+def check_feeds(signature: Signature, feeds: Mapping[str, np.ndarray], model: str, max_bytes: int = 0) -> int:
+    """Validate names, dtypes, shapes and total size of `feeds`; return the batch size (rows on axis 0).
 
-    Raises InvalidInput naming the offending input and what was expected.
+    Raises InvalidInput naming the offending input and what was expected, or ResourceExhausted when
+    the inputs hold more than `max_bytes` (0: no limit). Sizes are `nbytes`, known without reading
+    the data; a BYTES (object) element counts as one pointer, its content is bounded by the message.
     """
     if not feeds:
         raise InvalidInput(f"request for model {model!r} has no inputs; expected {_names(signature)}")
+    total = 0
     for name, array in feeds.items():
         _check_one(signature.input(name, model), array, model)
+        total += array.nbytes
+    if max_bytes and total > max_bytes:
+        raise ResourceExhausted(
+            f"request for model {model!r} has {total} bytes of input tensors; the limit is {max_bytes} bytes"
+        )
     missing = [s.name for s in signature.inputs if s.name not in feeds]
     if missing:
         raise InvalidInput(f"model {model!r} is missing input(s) {', '.join(missing)}")

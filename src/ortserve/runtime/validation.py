@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ortserve import dtypes
-from ortserve.errors import InvalidInput, ResourceExhausted
+from ortserve.errors import InvalidInput, ResourceExhausted, logged
 from ortserve.runtime.signature import Signature, TensorSpec
 
 if TYPE_CHECKING:
@@ -81,7 +81,16 @@ def _in_child(path: Path, memory_bytes: int, timeout_s: float) -> ModelInfo:
     outcome = json.loads(lines[-1].removeprefix(_RESULT))
     if outcome["ok"]:
         return ModelInfo(outcome["opset"], outcome["producer"], Signature.from_json(outcome["signature"]))
-    raise InvalidInput(outcome["error"])
+    detail = outcome.get("detail")
+    raise InvalidInput(logged(outcome["error"], detail) if detail else outcome["error"])
+
+
+class _Detailed(InvalidInput):
+    """A rejection whose library text (onnx, ONNX Runtime) is logged, never shown to the caller."""
+
+    def __init__(self, message: str, detail: BaseException) -> None:
+        super().__init__(message)
+        self.detail = f"{type(detail).__name__}: {detail}"
 
 
 def _child_main(path: str, memory_bytes: int, timeout_s: float) -> None:
@@ -98,18 +107,22 @@ def _child_main(path: str, memory_bytes: int, timeout_s: float) -> None:
             "producer": info.producer,
             "signature": info.signature.to_json(),
         }
+    except _Detailed as exc:
+        outcome = {"ok": False, "error": _name_oom(str(exc), exc.detail, memory_bytes), "detail": exc.detail}
     except InvalidInput as exc:
-        outcome = {"ok": False, "error": _name_oom(str(exc), memory_bytes)}
+        outcome = {"ok": False, "error": _name_oom(str(exc), str(exc), memory_bytes)}
     except MemoryError:
-        outcome = {"ok": False, "error": _name_oom("MemoryError", memory_bytes)}
+        outcome = {"ok": False, "error": _name_oom("model validation failed", "MemoryError", memory_bytes)}
     except Exception as exc:
-        outcome = {"ok": False, "error": f"model validation failed: {type(exc).__name__}: {exc}"}
+        detail = f"{type(exc).__name__}: {exc}"
+        outcome = {"ok": False, "error": _name_oom("model validation failed", detail, memory_bytes)}
+        outcome["detail"] = detail
     sys.stdout.buffer.write(_RESULT + json.dumps(outcome).encode() + b"\n")
     sys.stdout.flush()
 
 
-def _name_oom(message: str, memory_bytes: int) -> str:
-    if any(sign in message for sign in _OOM_SIGNS):
+def _name_oom(message: str, detail: str, memory_bytes: int) -> str:
+    if any(sign in detail for sign in _OOM_SIGNS):
         return f"model validation exceeded its memory limit of {memory_bytes} bytes: {message}"
     return message
 
@@ -121,12 +134,13 @@ def check_model_file(path: Path) -> ModelInfo:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise InvalidInput(f"model bytes are not a valid ONNX model: {exc}") from None
+        raise _Detailed("model bytes are not a valid ONNX model", exc) from None
     _reject_external_data(model)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        raise InvalidInput(f"model fails the ONNX checker: {exc}") from None
+        text = str(exc).replace(str(path.parent), "<upload>")
+        raise InvalidInput(f"model fails the ONNX checker: {text}") from None
     _check_domains(model)
     return ModelInfo(_opset(model), model.producer_name, _signature(path))
 
@@ -215,7 +229,7 @@ def _signature(path: Path) -> Signature:
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise InvalidInput(f"onnxruntime cannot load the model: {exc}") from None
+        raise _Detailed("onnxruntime cannot load the model", exc) from None
     inputs = tuple(_spec(arg, "input") for arg in session.get_inputs())
     outputs = tuple(_spec(arg, "output") for arg in session.get_outputs())
     return Signature(inputs, outputs, _batch_axis(session.get_inputs(), session.get_outputs()))

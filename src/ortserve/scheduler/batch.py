@@ -10,6 +10,10 @@ import numpy as np
 Feeds = Mapping[str, np.ndarray]
 
 
+class RowMismatch(ValueError):
+    """A batched output's axis 0 does not hold one row per input row: the model cannot batch."""
+
+
 def stack(requests: Sequence[Feeds]) -> tuple[dict[str, np.ndarray], list[int]]:
     """Concatenate each input along axis 0; return the feeds and each request's start row.
 
@@ -29,13 +33,13 @@ def split(
 ) -> list[list[np.ndarray]]:
     """Slice every output by `offsets`; per request, a list of views in output order.
 
-    Raises ValueError when an output's axis 0 does not equal the batch's total rows.
+    Raises RowMismatch when an output's axis 0 does not equal the batch's total rows.
     """
     total = offsets[-1]
     for name, array in zip(names, outputs, strict=True):
         if array.ndim == 0 or array.shape[0] != total:
             shape = list(array.shape)
-            raise ValueError(
+            raise RowMismatch(
                 f"output {name!r} has shape {shape}, expected {total} rows on axis 0 for this batch"
             )
     return [[array[start:end] for array in outputs] for start, end in pairwise(offsets)]

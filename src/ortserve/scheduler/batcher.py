@@ -23,9 +23,16 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from ortserve.errors import DeadlineExceeded, FailedPrecondition, InvalidInput, ResourceExhausted, Unavailable
-from ortserve.runtime.session import OrtSession
-from ortserve.scheduler.batch import shape_key, split, stack
+from ortserve.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidInput,
+    ResourceExhausted,
+    Unavailable,
+    logged,
+)
+from ortserve.runtime.session import OrtSession, is_ort_error
+from ortserve.scheduler.batch import RowMismatch, shape_key, split, stack
 from ortserve.scheduler.batch_queue import Batch, BatchQueue, Flush, Request
 from ortserve.scheduler.calls import Timing
 from ortserve.scheduler.latency import LatencyModel
@@ -106,6 +113,10 @@ class Batcher:
     @property
     def queued(self) -> int:
         return self._queue.depth
+
+    async def wait_idle(self) -> None:
+        """Until no execution thread is running (or handing back) a batch."""
+        await self._idle.wait()
 
     async def submit(
         self,
@@ -362,10 +373,15 @@ class Batcher:
         self._observer.batch(rows, sum(ns))
 
     def _batch_error(self, exc: Exception, requests: int) -> Exception:
-        if isinstance(exc, ValueError):
+        """What the callers of a failed batch see. ONNX Runtime's own text (node names, internals)
+        goes to the log; an exception of any other kind is a bug and reaches them as INTERNAL."""
+        if isinstance(exc, RowMismatch):
             return FailedPrecondition(f"{self._name} cannot be batched: {exc}; set its max_batch_size to 0")
+        if not is_ort_error(exc):
+            return exc
         scope = "this input" if requests == 1 else f"a batch of {requests} requests"
-        return InvalidInput(f"{self._name} failed on {scope}: {exc}")
+        message = f"{self._name} failed on {scope} in ONNX Runtime ({type(exc).__name__})"
+        return InvalidInput(logged(message, exc))
 
     async def aclose(self) -> None:
         """Stop taking requests; fail those still queued; let running batches finish."""
@@ -379,6 +395,6 @@ class Batcher:
             if not request.future.done():
                 request.future.set_exception(Unavailable(f"{self._name} was unloaded before the request ran"))
         self._observer.queue_depth(0)
-        await self._idle.wait()
+        await self.wait_idle()
         if self._own_executor:
             self._executor.shutdown(wait=False)

@@ -25,6 +25,7 @@ class InferenceCore:
     """Predict without touching the database: everything comes from the in-memory pool.
 
     `classify` names the status code of a failure for metrics (the server's error table).
+    `max_request_bytes` bounds the input tensors of one request (0: no limit), checked before queueing.
     """
 
     def __init__(
@@ -32,8 +33,10 @@ class InferenceCore:
         pool: ModelPool,
         classify: Callable[[BaseException], str] = lambda exc: "ERROR",
         shadow_observer: ShadowObserver | None = None,
+        max_request_bytes: int = 0,
     ) -> None:
         self.pool = pool
+        self.max_request_bytes = max_request_bytes
         self._classify = classify
         self._shadow_observer = shadow_observer or NullShadowObserver()
         self.shadows: dict[str, ShadowStats] = {}
@@ -62,7 +65,7 @@ class InferenceCore:
         priority: int,
     ) -> PredictResult:
         record = slot.record
-        rows = check_feeds(record.signature, feeds, model)
+        rows = check_feeds(record.signature, feeds, model, self.max_request_bytes)
         outputs = _wanted_outputs(record.signature, wanted, model)
         assert slot.batcher is not None  # READY slots always have one
         start = time.perf_counter_ns()

@@ -18,6 +18,9 @@ class VersionObserver(Protocol):
 
     def finished(self, seconds: float, queue_ns: int, code: str) -> None: ...
 
+    def close(self) -> None:
+        """The version is gone from this server: drop what was kept for it."""
+
 
 class NullObserver:
     def queue_depth(self, depth: int) -> None:
@@ -33,4 +36,7 @@ class NullObserver:
         pass
 
     def finished(self, seconds: float, queue_ns: int, code: str) -> None:
+        pass
+
+    def close(self) -> None:
         pass

@@ -30,6 +30,8 @@ from ortserve.scheduler.stats import VersionStats
 
 log = structlog.get_logger(__name__)
 DRAIN_TIMEOUT_S = 30.0
+RETRY_BASE_S = 1.0
+RETRY_MAX_S = 300.0
 DEFAULT_MAX_BATCH_SIZE = 64
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -49,6 +51,11 @@ class VersionSlot:
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     memory_bytes: int = 0
     last_used: float = 0.0
+    # The load in progress, shared by everyone who waits for it; after a failure, the monotonic
+    # time before which nobody may try again (doubling per consecutive failure).
+    loading: asyncio.Future[None] | None = None
+    failures: int = 0
+    retry_at: float = 0.0
 
     @property
     def key(self) -> tuple[str, int]:
@@ -77,7 +84,9 @@ class ModelPool:
         memory_budget_bytes: int = 0,
         inline_compute_us: int = 0,
         events: EventBus | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self._executor = executor
         self._defaults = defaults
         self._observe = observe
@@ -210,30 +219,63 @@ class ModelPool:
     async def load(self, model: str, version: int) -> VersionSlot:
         """Create the session, warm it up, then let it take traffic; FAILED with the reason otherwise.
 
-        Loads run one at a time so each one's memory can be measured.
+        Concurrent callers share one load of a version. After a failure, further loads of it are
+        refused until its backoff has passed (1 s, doubling per consecutive failure, at most
+        5 min), so requests waiting on a broken version cannot start a reload each.
         """
         slot = self.slot(model, version)
-        async with self._load_lock:
-            if slot.state is VersionState.READY:
-                return slot
+        if slot.state is VersionState.READY:
+            return slot
+        if slot.loading is None:
             _check_not_retired(slot)
-            slot.state, slot.error = VersionState.LOADING, ""
-            self.events.publish("loading", model, version, slot.state)
-            before = _rss()
-            try:
-                session = await asyncio.to_thread(create_session, slot.record, self._defaults)
-                crash_point(f"load:{model}:{version}")  # test-only: see ortserve.faults
-                await self._warm_up(slot, session)
-            except OrtserveError as exc:
-                slot.state, slot.error = VersionState.FAILED, str(exc)
-                log.warning("model_load_failed", model=model, version=version, error=slot.error)
-                self.events.publish("failed", model, version, slot.state, slot.error)
-                raise FailedPrecondition(slot.error) from exc
-            slot.memory_bytes = max(_rss() - before, slot.record.size_bytes)
-            _check_not_retired(slot)  # retired while loading: drop the session, never serve it
-            self._activate(slot, session)
-        await self.evict(protect=slot.key)
+            self._check_backoff(slot)
+            slot.loading = asyncio.ensure_future(self._load(slot))
+            slot.loading.add_done_callback(_retrieve)
+        await asyncio.shield(slot.loading)
         return slot
+
+    def _check_backoff(self, slot: VersionSlot) -> None:
+        if slot.state is not VersionState.FAILED:
+            return
+        wait = slot.retry_at - self._clock()
+        if wait > 0:
+            model, version = slot.key
+            raise FailedPrecondition(
+                f"model {model!r} version {version} failed to load {slot.failures} time(s); "
+                f"the next attempt is allowed in {wait:.1f} s: {slot.error}"
+            )
+
+    async def _load(self, slot: VersionSlot) -> None:
+        """One load, run one at a time across versions so each one's memory can be measured."""
+        model, version = slot.key
+        try:
+            async with self._load_lock:
+                _check_not_retired(slot)
+                slot.state, slot.error = VersionState.LOADING, ""
+                self.events.publish("loading", model, version, slot.state)
+                before = _rss()
+                try:
+                    session = await asyncio.to_thread(create_session, slot.record, self._defaults)
+                    crash_point(f"load:{model}:{version}")  # test-only: see ortserve.faults
+                    await self._warm_up(slot, session)
+                except OrtserveError as exc:
+                    self._failed(slot, str(exc))
+                    raise FailedPrecondition(slot.error) from exc
+                slot.memory_bytes = max(_rss() - before, slot.record.size_bytes)
+                _check_not_retired(slot)  # retired while loading: drop the session, never serve it
+                slot.failures = 0
+                self._activate(slot, session)
+        finally:
+            slot.loading = None
+        await self.evict(protect=slot.key)
+
+    def _failed(self, slot: VersionSlot, error: str) -> None:
+        model, version = slot.key
+        slot.state, slot.error = VersionState.FAILED, error
+        slot.failures += 1
+        slot.retry_at = self._clock() + min(RETRY_BASE_S * 2 ** (slot.failures - 1), RETRY_MAX_S)
+        log.warning("model_load_failed", model=model, version=version, error=error, failures=slot.failures)
+        self.events.publish("failed", model, version, slot.state, error)
 
     async def _warm_up(self, slot: VersionSlot, session: OrtSession) -> None:
         feeds = sample_feeds(slot.record.signature)
@@ -274,9 +316,31 @@ class ModelPool:
         slot = self.slot(model, version)
         if slot.state is not VersionState.READY:
             if slot.state is VersionState.FAILED:
-                slot.state, slot.error = VersionState.REGISTERED, ""
+                slot.state, slot.error, slot.failures = VersionState.REGISTERED, "", 0
             return
         slot.state = VersionState.REGISTERED
+        await self._drain(slot, reason)
+
+    def detach(self, slot: VersionSlot) -> None:
+        """The registry no longer has the version (retired): route nothing more to it and forget
+        it, at once. `close_retired` then lets its in-flight requests finish, outside any lock."""
+        model, version = slot.key
+        slot.state = VersionState.RETIRED
+        versions = self._models.get(model, {})
+        versions.pop(version, None)
+        if not versions:  # the last version went: the model is gone, not an empty list
+            self._models.pop(model, None)
+
+    async def close_retired(self, slot: VersionSlot) -> None:
+        """Drain a detached version, close its session and drop its metric series."""
+        if slot.batcher is not None:
+            await self._drain(slot, "retired")
+        else:
+            self.events.publish("retired", *slot.key, slot.state)
+        slot.observer.close()
+
+    async def _drain(self, slot: VersionSlot, reason: str) -> None:
+        model, version = slot.key
         try:
             await asyncio.wait_for(slot.drained.wait(), DRAIN_TIMEOUT_S)
         except TimeoutError:
@@ -286,16 +350,6 @@ class ModelPool:
         slot.session, slot.batcher, slot.memory_bytes = None, None, 0
         log.info("model_unloaded", model=model, version=version, reason=reason)
         self.events.publish(reason, model, version, slot.state)
-
-    async def remove(self, slot: VersionSlot) -> None:
-        """The registry no longer has the version (retired): unload it and forget it."""
-        model, version = slot.key
-        await self.unload(model, version, reason="retired")
-        slot.state = VersionState.RETIRED
-        versions = self._models.get(model, {})
-        versions.pop(version, None)
-        if not versions:  # the last version went: the model is gone, not an empty list
-            self._models.pop(model, None)
 
     async def evict(self, protect: tuple[str, int] | None = None) -> None:
         """Unload least recently used versions nobody references while over the memory budget."""
@@ -313,6 +367,10 @@ class ModelPool:
             log.warning("memory_budget_exceeded", used=used, budget=self._budget)
 
     async def aclose(self) -> None:
+        loads = [slot.loading for slot in self.slots() if slot.loading is not None]
+        for load in loads:
+            load.cancel()
+        await asyncio.gather(*loads, return_exceptions=True)
         for slot in self.slots():
             await self.unload(*slot.key)
 
@@ -362,6 +420,12 @@ def _rss() -> int:
             return int(statm.read().split()[1]) * _PAGE
     except OSError:  # not Linux: fall back to the model's size
         return 0
+
+
+def _retrieve(load: asyncio.Future[None]) -> None:
+    """A shared load's failure counts as seen even when every caller waiting for it went away."""
+    if not load.cancelled():
+        load.exception()
 
 
 def _set() -> asyncio.Event:

@@ -53,6 +53,7 @@ class OrtServer:
         await parts.core.aclose()
         await parts.control.aclose()
         parts.executor.shutdown(wait=True)
+        await asyncio.to_thread(parts.metrics.close)
         log.info("server_stopped")
 
     async def wait(self) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import structlog
 from grpc import aio
 
 from ortserve import faults
@@ -25,8 +26,10 @@ from ortserve.registry.store import ModelStore
 from ortserve.runtime.session import SessionDefaults
 from ortserve.scheduler.inference import InferenceCore
 from ortserve.scheduler.pool import ModelPool
+from ortserve.server import soak_leak
 from ortserve.server.auth import TokenAuth
-from ortserve.server.errors import status_of
+from ortserve.server.errors import code_of
+from ortserve.server.failures import BoundedLog, Failures
 from ortserve.server.health import Health
 from ortserve.server.inference_servicer import InferenceServicer
 from ortserve.server.interceptors import RpcInterceptor
@@ -85,25 +88,55 @@ def build_server(config: ServerConfig) -> Components:
         load_on_start=config.load_on_start,
         poll_interval_s=config.poll_interval_s,
         on_change=health.update_models,
+        on_poll_failure=metrics.poll_failed,
     )
-    core = InferenceCore(pool, classify=lambda exc: status_of(exc)[0].name, shadow_observer=metrics.shadow)
+    core = InferenceCore(
+        pool,
+        classify=lambda exc: code_of(exc).name,
+        shadow_observer=metrics.shadow,
+        max_request_bytes=config.max_request_bytes or config.max_message_bytes,
+    )
+    failures_log = BoundedLog(structlog.get_logger("ortserve.rpc").warning)
+    failures = Failures(metrics.stream_message_failed, failures_log)
     server = aio.server(
-        interceptors=[RpcInterceptor(metrics, _auth(config))],
-        options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ],
+        interceptors=[RpcInterceptor(metrics, failures, _auth(config)), *soak_leak.interceptors()],
+        options=server_options(config),
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )
-    ipb_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(core), server)
+    ipb_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(core, failures), server)
     rpb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(control, core), server)
-    oip_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(core, control), server)
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(core, control, failures), server)
     _add_health_and_reflection(server, health, config)
     return Components(config, server, control, core, health, metrics, executor)
 
 
+def server_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """gRPC channel arguments: message size, streams per connection, keepalive and its enforcement,
+    connection idle time and age; the optional ones are left at gRPC's default (none) when 0."""
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", config.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", config.keepalive_timeout_ms),
+        ("grpc.http2.min_ping_interval_without_data_ms", config.min_ping_interval_without_data_ms),
+        ("grpc.http2.max_ping_strikes", config.max_ping_strikes),
+        ("grpc.keepalive_permit_without_calls", int(config.keepalive_permit_without_calls)),
+    ]
+    optional = (
+        ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+        ("grpc.max_connection_idle_ms", config.max_connection_idle_ms),
+        ("grpc.max_connection_age_ms", config.max_connection_age_ms),
+        ("grpc.max_connection_age_grace_ms", config.max_connection_age_grace_ms),
+    )
+    options.extend((name, value) for name, value in optional if value > 0)
+    return options
+
+
 def _auth(config: ServerConfig) -> TokenAuth | None:
-    return TokenAuth(config.infer_tokens, config.admin_tokens) if config.auth_enabled else None
+    if not config.auth_enabled:
+        return None
+    return TokenAuth(config.infer_tokens, config.admin_tokens, reflection_public=config.reflection_public)
 
 
 def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:

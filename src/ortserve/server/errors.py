@@ -1,6 +1,13 @@
-"""The one table from domain errors to gRPC status codes."""
+"""The one table from domain errors to gRPC status codes, and the only way errors reach callers.
+
+A domain error's message is written for the caller. Anything else is a bug or a dependency's
+failure: the caller gets INTERNAL with a fixed text and a correlation id, and the log line with the
+same id holds the exception and its traceback.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import grpc
 
@@ -19,13 +26,25 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.OrtserveError], grpc.StatusCode], ...] 
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 )
 
-INTERNAL_MESSAGE = "internal error; the server logged the details"
+INTERNAL_MESSAGE = "internal error"
 
 
-def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Code and message for `exc`; anything that is not a domain error is a bug: INTERNAL, fixed text."""
+def code_of(exc: BaseException) -> grpc.StatusCode:
+    """The status code for `exc`; anything that is not a domain error is INTERNAL."""
     if isinstance(exc, errors.OrtserveError):
         for kind, code in STATUS_BY_ERROR:
             if isinstance(exc, kind):
-                return code, str(exc)
-    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+                return code
+    return grpc.StatusCode.INTERNAL
+
+
+def status_of(exc: BaseException, **where: Any) -> tuple[grpc.StatusCode, str]:
+    """Code and message a caller may see for `exc`.
+
+    INTERNAL is logged here, once, with a correlation id that its fixed message carries; `where`
+    (method, model, ...) goes into that log line.
+    """
+    code = code_of(exc)
+    if code is not grpc.StatusCode.INTERNAL:
+        return code, str(exc)
+    return code, errors.logged(INTERNAL_MESSAGE, exc, level="error", **where)

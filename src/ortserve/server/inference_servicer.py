@@ -9,14 +9,17 @@ from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.scheduler.inference import InferenceCore
 from ortserve.server import convert
-from ortserve.server.errors import status_of
+from ortserve.server.failures import Failures
 from ortserve.server.rpc import Context
 from ortserve.server.streams import ordered_answers
 
+STREAM_METHOD = "/ortserve.api.v1.InferenceService/PredictStream"
+
 
 class InferenceServicer(ipb_grpc.InferenceServiceServicer):
-    def __init__(self, core: InferenceCore) -> None:
+    def __init__(self, core: InferenceCore, failures: Failures) -> None:
         self._core = core
+        self._failures = failures
 
     async def Predict(self, request: ipb.PredictRequest, context: Context) -> ipb.PredictResponse:
         result = await self._core.predict(convert.predict_call(request, context.time_remaining()))
@@ -34,7 +37,7 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            code, text = status_of(exc)
+            code, text = self._failures.stream_message(STREAM_METHOD, exc)
             return ipb.PredictStreamResponse(
                 id=message.id, error=ipb.StreamError(code=code.value[0], message=text)
             )

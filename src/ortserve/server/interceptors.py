@@ -1,4 +1,5 @@
-"""One interceptor for every RPC: domain errors to status codes, one canonical log line, metrics."""
+"""One interceptor for every RPC: authorization, domain errors to status codes, one canonical log
+line, metrics. A request message that does not parse is INVALID_ARGUMENT naming its type."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import grpc
 import structlog
 from grpc import aio
 
+from ortserve.errors import InvalidInput
 from ortserve.server.auth import TokenAuth
-from ortserve.server.errors import status_of
+from ortserve.server.failures import Failures
 from ortserve.server.metrics import Metrics
 from ortserve.server.rpc import Context, Handler
 
@@ -30,8 +32,9 @@ HOT_METHODS = frozenset(
 class RpcInterceptor(aio.ServerInterceptor):
     """Wraps each method's handler once (cached by method name), for all four arities."""
 
-    def __init__(self, metrics: Metrics, auth: TokenAuth | None = None) -> None:
+    def __init__(self, metrics: Metrics, failures: Failures, auth: TokenAuth | None = None) -> None:
         self._metrics = metrics
+        self._failures = failures
         self._auth = auth
         self._wrapped: dict[str, Handler] = {}
 
@@ -53,35 +56,41 @@ class RpcInterceptor(aio.ServerInterceptor):
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _lenient(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(self._unary(method, handler.unary_unary), **kwargs)
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary, streamed=False), **kwargs
+            )
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(self._unary(method, handler.stream_unary), **kwargs)
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(method, handler.stream_unary, streamed=True), **kwargs
+            )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._responses(method, handler.unary_stream), **kwargs
+                self._responses(method, handler.unary_stream, streamed=False), **kwargs
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._responses(method, handler.stream_stream),  # type: ignore[arg-type]
+            self._responses(method, handler.stream_stream, streamed=True),  # type: ignore[arg-type]
             **kwargs,
         )
 
-    def _responses(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    def _responses(self, method: str, behavior: Callable[..., Any], streamed: bool) -> Callable[..., Any]:
         """Streamed responses come from an async generator, or from a coroutine calling context.write."""
         if inspect.isasyncgenfunction(behavior):
-            return self._streaming(method, behavior)
-        return self._unary(method, behavior)
+            return self._streaming(method, behavior, streamed)
+        return self._unary(method, behavior, streamed=streamed)
 
-    def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def _unary(
+        self, method: str, behavior: Callable[..., Awaitable[Any]], *, streamed: bool
+    ) -> Callable[..., Awaitable[Any]]:
         async def call(request: Any, context: Context) -> Any:
             start = time.perf_counter()
             try:
                 if self._auth is not None:
                     self._auth.check(method, context)
-                response = await behavior(request, context)
+                response = await behavior(_parsed(request, streamed), context)
             except Exception as exc:
                 await self._fail(method, start, exc, context)
             self._done(method, start, grpc.StatusCode.OK)
@@ -89,13 +98,15 @@ class RpcInterceptor(aio.ServerInterceptor):
 
         return call
 
-    def _streaming(self, method: str, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    def _streaming(
+        self, method: str, behavior: Callable[..., Any], streamed: bool
+    ) -> Callable[..., AsyncIterator[Any]]:
         async def call(request: Any, context: Context) -> AsyncIterator[Any]:
             start = time.perf_counter()
             try:
                 if self._auth is not None:
                     self._auth.check(method, context)
-                async for response in behavior(request, context):
+                async for response in behavior(_parsed(request, streamed), context):
                     yield response
             except Exception as exc:
                 await self._fail(method, start, exc, context)
@@ -106,25 +117,63 @@ class RpcInterceptor(aio.ServerInterceptor):
     async def _fail(self, method: str, start: float, exc: Exception, context: Context) -> NoReturn:
         if isinstance(exc, aio.AbortError):
             raise exc
-        code, message = status_of(exc)
-        if code is grpc.StatusCode.INTERNAL:
-            log.error("rpc_internal_error", method=method, exc_info=exc)
-        self._done(method, start, code, message)
+        elapsed = time.perf_counter() - start
+        code, message = self._failures.rpc(method, exc, round(elapsed * 1000, 3))
+        self._metrics.observe_rpc(method, code.name, elapsed)
         await context.abort(code, message)
         raise AssertionError("context.abort returned")  # pragma: no cover
 
-    def _done(self, method: str, start: float, code: grpc.StatusCode, message: str = "") -> None:
+    def _done(self, method: str, start: float, code: grpc.StatusCode) -> None:
         elapsed = time.perf_counter() - start
         self._metrics.observe_rpc(method, code.name, elapsed)
-        if code is grpc.StatusCode.OK:
-            # The hot path's successful lines are debug: at info, rendering them would cost more
-            # than a tiny model's whole computation. Metrics count every RPC regardless.
-            emit = log.debug if method in HOT_METHODS else log.info
-            emit("rpc", method=method, code=code.name, duration_ms=round(elapsed * 1000, 3))
-        else:
-            log.warning(
-                "rpc", method=method, code=code.name, duration_ms=round(elapsed * 1000, 3), error=message
-            )
+        # The hot path's successful lines are debug: at info, rendering them would cost more
+        # than a tiny model's whole computation. Metrics count every RPC regardless.
+        emit = log.debug if method in HOT_METHODS else log.info
+        emit("rpc", method=method, code=code.name, duration_ms=round(elapsed * 1000, 3))
+
+
+class _Unparsed:
+    """What a request deserializer returns for bytes that are not a valid message."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def error(self) -> InvalidInput:
+        return InvalidInput(f"the request message is not a valid {self.type_name}")
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """grpc answers a deserializer's exception with INTERNAL; hand the handler a marker instead."""
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)
+    type_name = getattr(owner, "__name__", "request")
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return _Unparsed(type_name)
+
+    return parse
+
+
+def _parsed(request: Any, streamed: bool) -> Any:
+    """The request, or for client streams an iterator that raises at a message that did not parse."""
+    if streamed:
+        return _checked(request)
+    if isinstance(request, _Unparsed):
+        raise request.error()
+    return request
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Unparsed):
+            raise request.error()
+        yield request
 
 
 __all__ = ["RpcInterceptor"]

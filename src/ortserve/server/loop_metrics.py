@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -49,10 +49,18 @@ class Buckets:
 
 
 class _Family:
+    _children: dict[tuple[str, ...], Any]
+
     def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
         self.name = name
         self.documentation = documentation
         self.label_names = list(labels)
+
+    def forget(self, *prefix: str) -> None:
+        """Drop every child whose first label values are `prefix` (a retired version's series)."""
+        size = len(prefix)
+        for values in [v for v in self._children if v[:size] == prefix]:
+            del self._children[values]
 
 
 class LoopCounter(_Family):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Iterator
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ortserve.scheduler.batch_queue import Flush
 from ortserve.server.loop_metrics import LoopCollector
@@ -24,6 +30,14 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         loop = LoopCollector(r)
         self.rpc_total = loop.counter("ortserve_rpc_total", "RPCs handled", ["method", "code"])
+        self.stream_message_errors = loop.counter(
+            "ortserve_stream_message_errors_total",
+            "Stream messages answered with an in-band error, by method and status code",
+            ["method", "code"],
+        )
+        self.poll_failures = loop.counter(
+            "ortserve_registry_poll_failures_total", "Registry polls that failed, by error", ["error"]
+        )
         self.rpc_seconds = loop.histogram(
             "ortserve_rpc_duration_seconds", "RPC handling time", ["method"], _SECONDS
         )
@@ -47,18 +61,35 @@ class Metrics:
         )
 
         self.shadow = ShadowMetrics(r)
+        self.loop_tasks = LoopTasks(r)
+        self._http: WSGIServer | None = None
+        self._http_thread = threading.Thread()
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         self.rpc_total.labels(method, code).inc()
         self.rpc_seconds.labels(method).observe(seconds)
+
+    def poll_failed(self, kind: str) -> None:
+        self.poll_failures.labels(kind).inc()
+
+    def stream_message_failed(self, method: str, code: str) -> None:
+        self.stream_message_errors.labels(method, code).inc()
 
     def for_version(self, model: str, version: int) -> VersionMetrics:
         return VersionMetrics(self, model, str(version))
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint; return its bound port (0 picks a free one)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_port)
+        self._http, self._http_thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._http.server_port)
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint and free its port."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http_thread.join(5)
+            self._http = None
 
 
 class VersionMetrics:
@@ -87,6 +118,17 @@ class VersionMetrics:
 
     def started(self) -> None:
         self._inflight.inc()
+
+    def close(self) -> None:
+        """The version left this server: remove its series, so label cardinality stays bounded."""
+        m = self._metrics
+        loop_families = (m.request_seconds, m.queue_seconds, m.compute_seconds, m.batch_rows, m.inflight)
+        for family in (*loop_families, m.errors):
+            family.forget(*self._labels)
+        m.queue_depth.remove(*self._labels)
+        for reason in Flush:
+            m.flushes.remove(*self._labels, reason)
+        m.shadow.forget(*self._labels)
 
     def finished(self, seconds: float, queue_ns: int, code: str) -> None:
         self._inflight.dec()
@@ -131,3 +173,27 @@ class ShadowMetrics:
 
     def failed(self, model: str, shadow_version: int) -> None:
         self._errors.labels(model, str(shadow_version)).inc()
+
+    def forget(self, model: str, version: str) -> None:
+        for family in (self._compared, self._errors, self._diff, self._agreement):
+            family.remove(model, version)
+
+
+class LoopTasks:
+    """ortserve_event_loop_tasks: unfinished asyncio tasks on the event loop that built the metrics
+    (in-flight RPCs and background work), counted when Prometheus scrapes; absent without a loop."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("ortserve_event_loop_tasks", "Unfinished asyncio tasks on the event loop")
+        if self._loop is not None:
+            # all_tasks copies the loop's weak set with retries, so reading it from the scrape
+            # thread is safe.
+            family.add_metric([], len(asyncio.all_tasks(self._loop)))
+        yield family

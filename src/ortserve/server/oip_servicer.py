@@ -20,19 +20,21 @@ from ortserve.registry.service import MAX_CHUNK_BYTES
 from ortserve.scheduler.inference import InferenceCore
 from ortserve.scheduler.pool import VersionSlot
 from ortserve.server import oip_convert as convert
-from ortserve.server.errors import status_of
+from ortserve.server.failures import Failures
 from ortserve.server.rpc import Context
 from ortserve.server.streams import ordered_answers
 
 SERVER_NAME = "ortserve"
+STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 EXTENSIONS = ("model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters")
 
 
 class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The Open Inference Protocol front of `core` (inference) and `control` (repository)."""
 
-    def __init__(self, core: InferenceCore, control: ControlPlane) -> None:
+    def __init__(self, core: InferenceCore, control: ControlPlane, failures: Failures) -> None:
         self._core = core
+        self._failures = failures
         self._pool = core.pool
         self._control = control
         self._metadata = pb.ServerMetadataResponse(
@@ -118,7 +120,8 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return convert.stream_error(request, status_of(exc)[1], final_flag)
+            message = self._failures.stream_message(STREAM_METHOD, exc)[1]
+            return convert.stream_error(request, message, final_flag)
         answer = pb.ModelStreamInferResponse(infer_response=convert.infer_response(result, request.id))
         if final_flag:
             answer.infer_response.parameters[convert.FINAL_RESPONSE].bool_param = True

@@ -19,6 +19,7 @@ from ortserve.registry.records import (
 )
 from ortserve.scheduler.inference import InferenceCore
 from ortserve.server import convert
+from ortserve.server.auth import CALLER
 from ortserve.server.rpc import Context
 
 MAX_AUDIT_EVENTS = 1000
@@ -135,8 +136,8 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
 
 
 def _actor(context: Context) -> str:
-    """Who made a change, for the audit log: the caller's peer address."""
-    return str(context.peer())
+    """Who made a change, for the audit log: the token's name, else the caller's peer address."""
+    return CALLER.get() or str(context.peer())
 
 
 async def _chunks(requests: AsyncIterator[rpb.RegisterModelRequest]) -> AsyncIterator[bytes]:
