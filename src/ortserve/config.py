@@ -71,6 +71,9 @@ class ServerConfig:
     load_on_start: bool = True
     # How often each server polls the registry revision to converge with other replicas.
     poll_interval_s: float = 1.0
+    # On PostgreSQL, also LISTEN for change notifications and refresh at once (polling stays the
+    # fallback). Turn off behind a pooler that does not support LISTEN (PgBouncer in transaction mode).
+    listen_for_changes: bool = True
     # Batches expected to compute in less than this run on the event loop (no thread hop); 0: never.
     inline_compute_us: int = 100
     # Python's switch interval (process-wide): how long the event loop may keep the GIL while a

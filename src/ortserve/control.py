@@ -1,6 +1,7 @@
 """The control plane: registry writes, loads and unloads, and convergence with the registry.
 
-Runs beside the hot path. Each server polls the registry revision (one row) and reconciles: new
+Runs beside the hot path. Each server refreshes when PostgreSQL announces a change (LISTEN), and
+polls the registry revision (one row) as the fallback, then reconciles: new
 versions appear, retired ones are unloaded, aliases and traffic policies are swapped into the
 in-memory routes, and every version an alias or policy uses (and each model's latest) is loaded
 and warmed before traffic moves to it. Predict reads only the pool.
@@ -16,6 +17,7 @@ from typing import Any
 import structlog
 
 from ortserve.errors import FailedPrecondition, OrtserveError
+from ortserve.registry.notify import listen
 from ortserve.registry.records import (
     PRODUCTION,
     AliasRecord,
@@ -44,8 +46,12 @@ class ControlPlane:
         poll_interval_s: float = 1.0,
         on_change: Callable[[], Awaitable[None]] | None = None,
         on_poll_failure: Callable[[str], None] = lambda kind: None,
+        listen_url: str | None = None,
     ) -> None:
         self._poll_failed = on_poll_failure
+        self._listen_url = listen_url
+        self._listen_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self.registry = registry
         self.pool = pool
         self._load_resident = load_on_start
@@ -61,12 +67,16 @@ class ControlPlane:
         await self.refresh()
         await self.settle()
         self._poller = asyncio.create_task(self._poll(), name="registry-poll")
+        if self._listen_url:
+            listener = listen(self._listen_url, self._wake.set, self._poll_failed)
+            self._listen_task = asyncio.create_task(listener, name="registry-listen")
 
     async def aclose(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        for task in (self._listen_task, self._poller):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for task in list(self._loads):
             task.cancel()
         await asyncio.gather(*self._loads, *self._drains, return_exceptions=True)
@@ -79,7 +89,8 @@ class ControlPlane:
             revision = await asyncio.to_thread(self.registry.revision)
             if revision == self._revision:
                 return
-            records, routes = await asyncio.to_thread(self._read)
+            records, routes = await asyncio.to_thread(self.registry.snapshot)
+            revision = routes.revision  # what the snapshot shows, which may be newer
             added, gone = self.pool.sync(records)
             self.pool.events.revision = revision
             self._publish(added, routes)
@@ -90,9 +101,6 @@ class ControlPlane:
             self._revision = revision
             self._load_missing()
         await self._changed()
-
-    def _read(self) -> tuple[list[ModelVersionRecord], RouteSnapshot]:
-        return self.registry.all_versions(), self.registry.routes()
 
     def _publish(self, added: list[VersionSlot], routes: RouteSnapshot) -> None:
         events = self.pool.events
@@ -126,9 +134,12 @@ class ControlPlane:
             await asyncio.gather(*list(self._loads), return_exceptions=True)
 
     async def _poll(self) -> None:
-        """Refresh every poll interval, whatever a refresh raises: the poller never stops by itself."""
+        """Refresh when the listener hears a change, else every poll interval, whatever a refresh
+        raises: the poller never stops by itself."""
         while True:
-            await asyncio.sleep(self._poll_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+            self._wake.clear()
             try:
                 await self.refresh()
             except asyncio.CancelledError:

@@ -74,14 +74,23 @@ def add_audit(
     session.flush()
 
 
+# The PostgreSQL channel on which committed registry changes are announced (payload: the revision).
+CHANGES_CHANNEL = "ortserve_registry"
+
+
 def bump_revision(session: Session) -> int:
+    """The next registry revision; on PostgreSQL also announced to every listening replica when the
+    transaction commits (NOTIFY is transactional: a rolled-back change announces nothing)."""
     stmt = (
         sa.update(RegistryRevision)
         .where(RegistryRevision.id == 1)
         .values(revision=RegistryRevision.revision + 1)
         .returning(RegistryRevision.revision)
     )
-    return int(session.execute(stmt).scalar_one())
+    revision = int(session.execute(stmt).scalar_one())
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.select(sa.func.pg_notify(CHANGES_CHANNEL, str(revision))))
+    return revision
 
 
 def revision(session: Session) -> int:

@@ -458,6 +458,12 @@ class Registry:
         with self._session() as session:
             return repo.revision(session)
 
+    def snapshot(self) -> tuple[list[ModelVersionRecord], RouteSnapshot]:
+        """Every live version and the routes, read in one snapshot transaction: the routes never
+        name a version the list lacks, even while other replicas write."""
+        with self._session(snapshot=True) as session:
+            return repo.versions(session, self._path_for, live_only=True), rollout.routes(session)
+
     def audit_events(self, model: str | None = None, limit: int = 100) -> list[AuditEventRecord]:
         with self._session() as session:
             return repo.audit_events(session, model, limit)

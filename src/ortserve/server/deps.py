@@ -21,6 +21,7 @@ from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
 from ortserve.config import ServerConfig
 from ortserve.control import ControlPlane
 from ortserve.registry.db import make_engine, upgrade
+from ortserve.registry.notify import listen_url
 from ortserve.registry.service import Registry
 from ortserve.registry.store import ModelStore
 from ortserve.runtime.session import SessionDefaults
@@ -89,6 +90,7 @@ def build_server(config: ServerConfig) -> Components:
         poll_interval_s=config.poll_interval_s,
         on_change=health.update_models,
         on_poll_failure=metrics.poll_failed,
+        listen_url=listen_url(engine) if config.listen_for_changes else None,
     )
     core = InferenceCore(
         pool,
