@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_config(sub)
     _add_token(sub)
     _add_bench(sub)
+    _add_health(sub)
     return parser
 
 
@@ -413,3 +414,81 @@ def _bench(args: argparse.Namespace) -> int:
     from ortserve.bench.loadgen import main as bench_main
 
     return bench_main(args)
+
+
+def _add_health(sub: Any) -> None:
+    p = sub.add_parser(
+        "health",
+        help="ask a server's grpc.health.v1 service: exit 0 when SERVING, 1 otherwise (for container probes)",
+    )
+    p.add_argument("--server", default=DEFAULT_SERVER)
+    p.add_argument(
+        "--model", default="", metavar="NAME", help="this model's health (SERVING while a version is ready)"
+    )
+    p.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="answer within (default: 3)")
+    p.add_argument("--tls", action="store_true", help="TLS with the system roots (or --tls-ca-file)")
+    p.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate(s) to verify the server with")
+    p.add_argument("--tls-cert-file", metavar="PEM", help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key-file", metavar="PEM", help="client private key (mutual TLS)")
+    p.add_argument("--server-name", help="the name to expect in the server's certificate")
+    p.set_defaults(run=_health)
+
+
+def _health(args: argparse.Namespace) -> int:
+    """One line naming the state, or why there is none; every failure is exit 1 (Docker reserves 2)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from ortserve.client.channel import MAX_MESSAGE_BYTES, plan_channel
+
+    subject = args.server + (f" model {args.model!r}" if args.model else "")
+    try:
+        if not args.timeout > 0:
+            raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+        if (args.tls_cert_file is None) != (args.tls_key_file is None):
+            raise ValueError("--tls-cert-file and --tls-key-file go together (mutual TLS)")
+        plan = plan_channel(
+            args.server,
+            tls=args.tls,
+            root_certificates=args.tls_ca_file,
+            certificate_chain=args.tls_cert_file,
+            private_key=args.tls_key_file,
+            server_name=args.server_name,
+            token=None,  # health is open to every caller (server/auth.py)
+            metadata=(),
+            retry=None,
+            health_check=False,
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            options=(),
+        )
+    except (ValueError, OSError) as exc:
+        print(f"{subject}: not checked: {exc}", file=sys.stderr)
+        return 1
+    if plan.credentials is None:
+        channel = grpc.insecure_channel(plan.target, options=plan.options)
+    else:
+        channel = grpc.secure_channel(plan.target, plan.credentials, options=plan.options)
+    request = health_pb2.HealthCheckRequest(service=args.model)
+    try:
+        with channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout)
+    except grpc.RpcError as exc:
+        print(f"{subject}: {_health_failure(exc, args.timeout)}", file=sys.stderr)
+        return 1
+    state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{subject}: {state}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _health_failure(exc: Any, timeout: float) -> str:
+    import grpc
+
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return "unknown service (NOT_FOUND): no model of that name is loaded there"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer within {timeout:g} s (DEADLINE_EXCEEDED)"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"unreachable (UNAVAILABLE: {details})"
+    return f"{code.name}: {details}"
