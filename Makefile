@@ -8,7 +8,7 @@ PORT ?= 8001
 METRICS_PORT ?= 8002
 DATA_DIR ?= ./ortserve-data
 
-.PHONY: serve test install lint typecheck protos protos-check buf-lint buf-breaking pytest clients-toolchains triton-venv bench clean
+.PHONY: serve test install lint typecheck protos protos-check buf-lint buf-breaking pytest clients-toolchains triton-venv bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ test: lint typecheck protos-check buf-lint buf-breaking pytest
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# 10 minutes of mixed load against one server; fails when its memory, fds or tasks grow (not in `test`).
+soak: $(STAMP)
+	$(PY) bench/soak.py --minutes 10
 
 clean:
 	rm -rf $(VENV) .venv-triton clients/cpp/build clients/node/dist clients/node/node_modules
