@@ -60,7 +60,7 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("host", "port", "metrics_port", "data_dir", "db", "log_level")
+    keys = ("host", "port", "metrics_port", "data_dir", "db", "log_level", "model_dir", "model_name")
     return {k: getattr(args, k, None) for k in keys}
 
 
@@ -71,6 +71,11 @@ def _add_serve(sub: Any) -> None:
     p.add_argument(
         "--examples", action="store_true", help="register the example models when the registry is empty"
     )
+    p.add_argument(
+        "--model-dir",
+        help="register at start what DIR holds: a model.onnx, or <name>/<version>/model.onnx (Triton layout)",
+    )
+    p.add_argument("--model-name", help="name of --model-dir's single model.onnx (default: the folder name)")
     p.set_defaults(run=_serve)
 
 

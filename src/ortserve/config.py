@@ -117,6 +117,11 @@ class ServerConfig:
     max_connection_age_ms: int = 0
     # After max_connection_age_ms, calls still running get this long before the close; 0: unlimited.
     max_connection_age_grace_ms: int = 0
+    # Register at start what this folder holds (a model.onnx, or <name>/<version>/model.onnx with
+    # Triton's config.pbtxt): files already registered are skipped, new ones become new versions.
+    model_dir: str = ""
+    # The name of model_dir's single model.onnx; empty: the folder's name.
+    model_name: str = ""
 
     def __post_init__(self) -> None:
         for name, (low, high) in _RANGES.items():

@@ -12,6 +12,7 @@ import structlog
 
 from ortserve.config import ServerConfig
 from ortserve.errors import Unavailable
+from ortserve.model_dir import register_model_dir
 from ortserve.server.deps import Components, build_server, server_credentials
 
 log = structlog.get_logger(__name__)
@@ -27,8 +28,12 @@ class OrtServer:
         self.metrics_port = 0
 
     async def start(self) -> int:
-        _tune_interpreter(self.config)
         parts = self.parts
+        if self.config.model_dir:
+            await asyncio.to_thread(
+                register_model_dir, parts.control.registry, self.config.model_dir, self.config.model_name
+            )
+        _tune_interpreter(self.config)
         address = f"{self.config.host}:{self.config.port}"
         credentials = server_credentials(self.config)
         try:
