@@ -62,7 +62,7 @@ model_names = mostly(st.sampled_from(list(SIGNATURES)), st.one_of(st.sampled_fro
 versions = mostly(
     st.sampled_from(["", "1"]),
     st.one_of(
-        st.sampled_from(["2", "0", "-1", "production", "canary", "latest", " 1", "1e3", "+1"]),
+        st.sampled_from(["2", "0", "-1", "production", "canary", "latest", " 1", "1e3", "+1", "¹", "①"]),
         st.integers(INT64_MIN, UINT64_MAX).map(str),
         names,
     ),

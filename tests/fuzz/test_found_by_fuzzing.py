@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import tracemalloc
 
+import grpc
 import pytest
+from grpc import aio
 from grpc_health.v1 import health_pb2
 
 from ortserve import dtypes, tensors
 from ortserve.api.inference import grpc_service_pb2 as oip
 from ortserve.api.v1 import inference_service_pb2 as ipb
-from ortserve.errors import InvalidInput
+from ortserve.errors import InvalidInput, NotFound
 from ortserve.scheduler.latency import LatencyModel
+from ortserve.scheduler.routing import ModelRoutes, choose
 from ortserve.server import convert, oip_convert
-from tests.fuzz.server import MODELS, FuzzServer
+from tests.fuzz.server import MODELS, FuzzServer, good_linear_input
 
 FP32 = dtypes.BY_NAME["FP32"]
 
@@ -99,3 +102,52 @@ async def test_health_list_answers_every_service(fuzz_server: FuzzServer) -> Non
         "inference.GRPCInferenceService": serving,
         **{model: serving for model in MODELS},
     }
+
+
+# str.isdigit() is true for these, but int() takes none of them (superscripts, circled digits).
+NOT_ASCII_DIGITS = ["¹", "²³", "①"]
+
+
+@pytest.mark.parametrize("selector", NOT_ASCII_DIGITS)
+def test_a_version_selector_of_unicode_digits_is_an_unknown_alias(selector: str) -> None:
+    """Predict with version "¹" raised ValueError from int() in routing: INTERNAL."""
+    with pytest.raises(NotFound, match=f"model 'm' has no version or alias '{selector}'"):
+        choose("m", selector, ModelRoutes(), ready=lambda v: True, latest_ready=lambda: 1)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_predict_and_model_infer_with_a_unicode_digit_version_are_not_found(
+    fuzz_server: FuzzServer,
+) -> None:
+    predict = ipb.PredictRequest(model="linear", version="¹", inputs=[good_linear_input(1)])
+    with pytest.raises(aio.AioRpcError) as info:
+        await fuzz_server.inference.Predict(predict, timeout=10)
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND, info.value.details()
+    infer = oip.ModelInferRequest(model_name="linear", model_version="²", raw_input_contents=[b"\0" * 64])
+    infer.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+    with pytest.raises(aio.AioRpcError) as info:
+        await fuzz_server.oip.ModelInfer(infer, timeout=10)
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND, info.value.details()
+    ready = await fuzz_server.oip.ModelReady(oip.ModelReadyRequest(name="linear", version="¹"), timeout=10)
+    assert not ready.ready
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="OipServicer._describe tests the version with str.isdigit(), then int() raises ValueError "
+    "(INTERNAL); fix proposed to the lead: use ortserve.scheduler.routing.is_number",
+)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_model_metadata_and_config_with_a_unicode_digit_version_are_not_found(
+    fuzz_server: FuzzServer,
+) -> None:
+    oip_stub = fuzz_server.oip
+    calls = [
+        oip_stub.ModelMetadata(oip.ModelMetadataRequest(name="linear", version="¹"), timeout=10),
+        oip_stub.ModelConfig(oip.ModelConfigRequest(name="linear", version="¹"), timeout=10),
+        oip_stub.ModelStatistics(oip.ModelStatisticsRequest(name="linear", version="¹"), timeout=10),
+    ]
+    for call in calls:
+        with pytest.raises(aio.AioRpcError) as info:
+            await call
+        assert info.value.code() is grpc.StatusCode.NOT_FOUND, info.value.details()

@@ -18,6 +18,12 @@ from ortserve.errors import NotFound
 from ortserve.registry.records import PRODUCTION, TrafficPolicy
 
 
+def is_number(text: str) -> bool:
+    """Whether `text` is a version number: ASCII digits only (str.isdigit() also holds for "¹" and
+    "①", which int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 @dataclass(frozen=True, slots=True)
 class ModelRoutes:
     """A model's aliases and traffic policy at one registry revision."""
@@ -27,7 +33,7 @@ class ModelRoutes:
 
     def target(self, model: str, target: str) -> int:
         """The version a policy target (number or alias) names."""
-        if target.isdigit():
+        if is_number(target):
             return int(target)
         try:
             return self.aliases[target]
@@ -47,7 +53,7 @@ class ModelRoutes:
         return versions
 
     def _quiet(self, target: str) -> int:
-        return int(target) if target.isdigit() else self.aliases.get(target, 0)
+        return int(target) if is_number(target) else self.aliases.get(target, 0)
 
 
 NO_ROUTES = ModelRoutes()
@@ -64,7 +70,7 @@ def choose(
 ) -> int | None:
     """The version to serve, or None when nothing suitable is ready (pinned versions are returned as is)."""
     if selector:
-        return int(selector) if selector.isdigit() else routes.target(model, selector)
+        return int(selector) if is_number(selector) else routes.target(model, selector)
     policy = routes.policy
     if policy is not None and policy.entries:
         picked = _weighted(model, routes, policy, ready, routing_key)
