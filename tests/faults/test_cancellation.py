@@ -208,11 +208,6 @@ async def test_cancelled_calls_and_a_killed_stream_leak_nothing(running: Running
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Batcher._fail logs ONNX Runtime's 'terminate flag' error of a batch whose callers all left "
-    "as a model failure (warning with a traceback, via _batch_error/logged): one line per abandoned batch",
-)
 async def test_a_batch_stopped_because_its_callers_left_is_not_logged_as_a_failure(
     running: Running, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:

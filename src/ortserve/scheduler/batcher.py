@@ -352,10 +352,12 @@ class Batcher:
     # ------------------------------------------------------------------ results (event loop)
 
     def _fail(self, requests: list[Request], exc: Exception) -> None:
-        error = self._batch_error(exc, len(requests))
-        for request in requests:
-            if not request.future.done():
-                request.future.set_exception(error)
+        waiting = [r for r in requests if not r.future.done()]
+        if not waiting:  # everyone left (a batch stopped on purpose): nobody to tell, nothing to log
+            return
+        error = self._batch_error(exc, len(waiting))
+        for request in waiting:
+            request.future.set_exception(error)
 
     def _deliver(self, requests: list[Request], start: int, outcome: Outcome) -> None:
         self._account(outcome.rows, outcome.ns, outcome.cpu_ns)
