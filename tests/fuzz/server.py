@@ -7,6 +7,7 @@ health is SERVING.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import grpc
 import numpy as np
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, settings
 from onnx import TensorProto
 
 from ortserve.api.inference import grpc_service_pb2_grpc as oip_grpc
@@ -32,6 +34,8 @@ from tests import onnx_models
 CASES: Counter[str] = Counter()
 # How those cases were answered: (kind, status code name) -> answers.
 OUTCOMES: Counter[tuple[str, str]] = Counter()
+# ORTSERVE_FUZZ_SCALE=10 runs ten times as many cases (a longer local run; CI runs 1).
+SCALE = float(os.environ.get("ORTSERVE_FUZZ_SCALE", "1"))
 CALL_TIMEOUT_S = 10.0
 MAX_MESSAGE_BYTES = 4 * MiB
 CHECK_EVERY = 25  # cases between two good requests inside one test
@@ -129,6 +133,22 @@ def code_name(value: int) -> str:
 def outcome(error: aio.AioRpcError) -> str:
     """The code name to count for a failed call; grpc#36066's client-side INTERNAL is named apart."""
     return "CLIENT_WRITE_RACE" if _client_write_race(error) else error.code().name
+
+
+def budget(examples: int) -> settings:
+    """`examples` (times SCALE) cases, no deadline (a loaded CI machine is slow), no example database."""
+    return settings(
+        max_examples=max(1, int(examples * SCALE)),
+        deadline=None,
+        database=None,
+        # One server serves every example on purpose: the point is that it survives them all.
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+        ],
+    )
 
 
 def _client_write_race(error: aio.AioRpcError) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 from grpc import aio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
 from ortserve.api.inference import grpc_service_pb2 as oip
 from ortserve.api.v1 import inference_service_pb2 as ipb
@@ -17,25 +17,9 @@ from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.api.v1 import registry_service_pb2 as rpb
 from tests import onnx_models
 from tests.fuzz import strategies
-from tests.fuzz.server import CALL_TIMEOUT_S, FuzzServer, code_name, good_linear_input, outcome
+from tests.fuzz.server import CALL_TIMEOUT_S, FuzzServer, budget, code_name, good_linear_input, outcome
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-def budget(examples: int) -> settings:
-    """A fixed number of examples, no deadline (a loaded CI machine is slow), no example database."""
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        # The server fixture is shared by every example on purpose: that is the point.
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            HealthCheck.too_slow,
-            HealthCheck.data_too_large,
-            HealthCheck.large_base_example,
-        ],
-    )
 
 
 GOOD_PREDICT = ipb.PredictRequest(model="linear", inputs=[good_linear_input(1)])

@@ -19,12 +19,12 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 from grpc import aio
 from grpc_health.v1 import health_pb2
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ortserve.api.inference import grpc_service_pb2
 from ortserve.api.v1 import inference_service_pb2, registry_service_pb2
-from tests.fuzz.server import FuzzServer, outcome
+from tests.fuzz.server import FuzzServer, budget, outcome
 from tests.fuzz.strategies import request_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -78,19 +78,6 @@ async def call_with_bytes(channel: aio.Channel, method: MethodDescriptor, messag
     async for _ in call:
         call.cancel()
         return
-
-
-def budget(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            HealthCheck.too_slow,
-            HealthCheck.data_too_large,
-        ],
-    )
 
 
 def requests_for(method: MethodDescriptor) -> st.SearchStrategy[list[bytes]]:
