@@ -102,6 +102,7 @@ class BatchQueue:
 
         Requests found past their deadline leave the queue and are appended to `expired`.
         """
+        self._prune()
         head = self._head(now, expired)
         if head is None:
             return None
@@ -142,6 +143,21 @@ class BatchQueue:
                     return request
                 queue.popleft()
         return None
+
+    def _prune(self) -> None:
+        """Drop requests that left (taken, cancelled) from the fronts, and the priorities whose
+        queue that empties: callers choose any number of distinct priorities, and every batch
+        looks at each priority still listed."""
+        emptied = False
+        for priority in self._priorities:
+            queue = self._queues[priority]
+            while queue and not queue[0].queued:
+                queue.popleft()
+            if not queue:
+                del self._queues[priority]
+                emptied = True
+        if emptied:
+            self._priorities = sorted(self._queues, reverse=True)
 
     def _alive(self, request: Request, now: int, expired: list[Request]) -> bool:
         if not request.queued:
