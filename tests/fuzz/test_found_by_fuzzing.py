@@ -134,15 +134,11 @@ async def test_predict_and_model_infer_with_a_unicode_digit_version_are_not_foun
     assert not ready.ready
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OipServicer._describe tests the version with str.isdigit(), then int() raises ValueError "
-    "(INTERNAL); fix proposed to the lead: use ortserve.scheduler.routing.is_number",
-)
 @pytest.mark.asyncio(loop_scope="module")
 async def test_model_metadata_and_config_with_a_unicode_digit_version_are_not_found(
     fuzz_server: FuzzServer,
 ) -> None:
+    """OipServicer._describe tested the version with str.isdigit(), then int() raised: INTERNAL."""
     oip_stub = fuzz_server.oip
     calls = [
         oip_stub.ModelMetadata(oip.ModelMetadataRequest(name="linear", version="¹"), timeout=10),

@@ -19,6 +19,7 @@ from ortserve.registry.records import Manifest, VersionState
 from ortserve.registry.service import MAX_CHUNK_BYTES
 from ortserve.scheduler.inference import InferenceCore
 from ortserve.scheduler.pool import VersionSlot
+from ortserve.scheduler.routing import is_number
 from ortserve.server import oip_convert as convert
 from ortserve.server.failures import Failures
 from ortserve.server.rpc import Context
@@ -88,7 +89,7 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not model:
             raise InvalidInput("request names no model")
         if version:
-            if not version.isdigit():
+            if not is_number(version):
                 raise NotFound(f"model {model!r} has no version {version!r}; a version is a positive number")
             return self._pool.slot(model, int(version))
         slots = self._pool.versions(model)
