@@ -51,6 +51,13 @@ pytest: $(STAMP) triton-venv clients-toolchains
 
 test: lint typecheck protos-check buf-lint buf-breaking pytest
 
+# docker/: hadolint on both Dockerfiles, docker-compose config on compose.yaml (no container engine).
+.PHONY: docker-check
+test: docker-check
+docker-check: $(STAMP)
+	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.gpu
+	bash docker/compose_check.sh
+
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
