@@ -11,7 +11,7 @@
 #                                               (their two ONNX Runtime packages exclude each other)
 #
 # PYTHON names the interpreter (default: python3). pip's own settings apply: the images set
-# PIP_NO_CACHE_DIR, the test keeps the user's pip cache to stay fast.
+# PIP_NO_CACHE_DIR; the test installs offline from a wheelhouse it keeps (PIP_NO_INDEX, PIP_FIND_LINKS).
 set -euo pipefail
 
 python="${PYTHON:-python3}"
