@@ -415,7 +415,7 @@ def model_uploads(draw: st.DrawFn, model: bytes) -> list[rpb.RegisterModelReques
 
 # Strings never name a served model, so that random management calls cannot retire or unload one.
 _strings = st.one_of(
-    st.sampled_from(["", "missing", "fuzz-model", "production", "1", "-1", "file:1/m.onnx"]), names
+    st.sampled_from(["", "missing", "fuzz-model", "production", "1", "-1", "¹", "file:1/m.onnx"]), names
 )
 _SCALARS: dict[int, st.SearchStrategy[Any]] = {
     FieldDescriptor.TYPE_STRING: _strings,
