@@ -118,7 +118,7 @@ def _traffic_set(args: argparse.Namespace, client: Any) -> str:
     weights = {}
     for item in args.weights:
         target, sep, weight = item.partition("=")
-        if not sep or not weight.strip().isdigit():
+        if not sep or not (weight.strip().isascii() and weight.strip().isdigit()):
             raise OrtserveError(f"traffic weights are TARGET=WEIGHT with a whole number, got {item!r}")
         weights[target] = int(weight)
     policy = client.set_traffic(args.name, weights, sticky=args.sticky)

@@ -99,7 +99,7 @@ def _duration(seconds: float) -> str:
 def split_host_port(address: str) -> tuple[str, int]:
     """`host:port` or `[v6]:port` → (host, port)."""
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not (port.isascii() and port.isdigit()):
         raise ValueError(f"address must be HOST:PORT, got {address!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

@@ -30,11 +30,14 @@ INTERNAL_MESSAGE = "internal error"
 
 
 def code_of(exc: BaseException) -> grpc.StatusCode:
-    """The status code for `exc`; anything that is not a domain error is INTERNAL."""
+    """The status code for `exc`; anything that is not a domain error is INTERNAL, except the
+    NotImplementedError that generated servicer bases raise for a method nobody implemented."""
     if isinstance(exc, errors.OrtserveError):
         for kind, code in STATUS_BY_ERROR:
             if isinstance(exc, kind):
                 return code
+    if type(exc) is NotImplementedError:
+        return grpc.StatusCode.UNIMPLEMENTED
     return grpc.StatusCode.INTERNAL
 
 
@@ -45,6 +48,8 @@ def status_of(exc: BaseException, **where: Any) -> tuple[grpc.StatusCode, str]:
     (method, model, ...) goes into that log line.
     """
     code = code_of(exc)
+    if code is grpc.StatusCode.UNIMPLEMENTED:
+        return code, "this method is not implemented by this server"
     if code is not grpc.StatusCode.INTERNAL:
         return code, str(exc)
     return code, errors.logged(INTERNAL_MESSAGE, exc, level="error", **where)
