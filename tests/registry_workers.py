@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from ortserve.registry.db import make_engine
 from ortserve.registry.service import Registry
-from ortserve.registry.store import ModelStore
 from ortserve.runtime.validation import ModelInfo, ValidationLimits, check_model_file
+from ortserve.store.file import FileStore
 
 
 def validate_in_process(path: Path, _limits: ValidationLimits) -> ModelInfo:
@@ -25,7 +25,7 @@ def register_many(
 ) -> list[int]:
     """Register `model` `count` times as `name` once the clock reaches `start_at`; the version numbers."""
     engine = make_engine(url)
-    registry = Registry(engine, ModelStore(store_root), max_model_bytes=1 << 30, validate=validate_in_process)
+    registry = Registry(engine, FileStore(store_root), max_model_bytes=1 << 30, validate=validate_in_process)
     time.sleep(max(0.0, start_at - time.time()))
     try:
         return [
@@ -39,7 +39,7 @@ def register_many(
 def register_then_die_before_commit(url: str, store_root: str, model: str, name: str) -> None:
     """Register `model`, but SIGKILL this process just before the database transaction commits."""
     engine = make_engine(url)
-    registry = Registry(engine, ModelStore(store_root), max_model_bytes=1 << 30, validate=validate_in_process)
+    registry = Registry(engine, FileStore(store_root), max_model_bytes=1 << 30, validate=validate_in_process)
 
     @sa.event.listens_for(engine, "commit")
     def _die(_conn: sa.Connection) -> None:

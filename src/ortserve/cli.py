@@ -96,12 +96,12 @@ def _register_examples(config: Any) -> None:
     from ortserve.examples import write_examples
     from ortserve.registry.db import make_engine, upgrade
     from ortserve.registry.service import Registry
-    from ortserve.registry.store import ModelStore
+    from ortserve.store import open_store
 
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     engine = make_engine(config.db_url)
     upgrade(engine)
-    registry = Registry(engine, ModelStore(config.store_dir), max_model_bytes=config.max_model_bytes)
+    registry = Registry(engine, open_store(config), max_model_bytes=config.max_model_bytes)
     if not registry.list_models(1, "")[0]:
         for name, path in write_examples(Path(config.data_dir) / "examples").items():
             record = registry.register_file(
@@ -157,7 +157,7 @@ def _db_gc(args: argparse.Namespace) -> int:
     from ortserve.config import load_config
     from ortserve.registry.db import make_engine
     from ortserve.registry.service import Registry
-    from ortserve.registry.store import ModelStore
+    from ortserve.store import open_store
 
     if args.grace < 0:
         raise OrtserveError(f"--grace must be >= 0 seconds, got {args.grace:g}")
@@ -165,7 +165,7 @@ def _db_gc(args: argparse.Namespace) -> int:
     engine = make_engine(config.db_url)
     try:
         # A database without the registry's tables fails in collect_garbage before anything is removed.
-        registry = Registry(engine, ModelStore(config.store_dir), max_model_bytes=config.max_model_bytes)
+        registry = Registry(engine, open_store(config), max_model_bytes=config.max_model_bytes)
         found = registry.collect_garbage(
             blob_grace_s=args.grace, stale_temp_s=args.grace, dry_run=args.dry_run
         )
@@ -173,7 +173,7 @@ def _db_gc(args: argparse.Namespace) -> int:
         engine.dispose()
     verb = "would remove" if args.dry_run else "removed"
     for item in found:
-        print(f"{verb} {item.path} ({item.size_bytes} bytes)")
+        print(f"{verb} {item.location} ({item.size_bytes} bytes)")
     freed = sum(item.size_bytes for item in found)
     print(f"{verb} {len(found)} file(s), {freed} bytes{' (dry run)' if args.dry_run else ' freed'}")
     return 0

@@ -37,6 +37,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_connection_idle_ms": (0, _INT32),
     "max_connection_age_ms": (0, _INT32),
     "max_connection_age_grace_ms": (0, _INT32),
+    "blob_cache_bytes": (0, 2**60),
 }
 
 
@@ -122,6 +123,15 @@ class ServerConfig:
     model_dir: str = ""
     # The name of model_dir's single model.onnx; empty: the folder's name.
     model_name: str = ""
+    # Where model bytes live: file://PATH or s3://BUCKET/PREFIX (any S3-compatible store); empty:
+    # file://<data_dir>/store. Credentials for S3 come the standard way (AWS_* variables, a profile, a role).
+    store_url: str = ""
+    # This replica's local copies of an s3:// store's blobs, under <data_dir>/blob-cache; least
+    # recently used out above this size; 0: no limit.
+    blob_cache_bytes: int = 10240 * MiB
+    # S3 endpoint (MinIO, Ceph, R2, a local server) and region; empty: AWS_ENDPOINT_URL, AWS_REGION or AWS's.
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
 
     def __post_init__(self) -> None:
         for name, (low, high) in _RANGES.items():

@@ -27,7 +27,7 @@ from ortserve.api.inference import model_config_pb2
 from ortserve.errors import InvalidInput, NotFound, ResourceExhausted
 from ortserve.registry.records import BatchingSettings, ModelVersionRecord
 from ortserve.registry.service import Registry, check_name
-from ortserve.registry.store import hash_file
+from ortserve.store import hash_file
 
 log = structlog.get_logger(__name__)
 

@@ -14,9 +14,9 @@ from ortserve.errors import FailedPrecondition
 from ortserve.registry.db import make_engine, upgrade
 from ortserve.registry.records import VersionState
 from ortserve.registry.service import Registry
-from ortserve.registry.store import ModelStore
 from ortserve.runtime.session import SessionDefaults
 from ortserve.scheduler.pool import ModelPool
+from ortserve.store.file import FileStore
 from tests import onnx_models
 
 
@@ -32,7 +32,7 @@ class Clock:
 async def pool_and_clock(tmp_path: Path) -> AsyncIterator[tuple[ModelPool, Clock]]:
     engine = make_engine(f"sqlite:///{tmp_path / 'registry.db'}")
     upgrade(engine)
-    registry = Registry(engine, ModelStore(tmp_path / "store"), max_model_bytes=1 << 30)
+    registry = Registry(engine, FileStore(tmp_path / "store"), max_model_bytes=1 << 30)
     for name, build in (("broken", onnx_models.fails_at_run), ("linear", onnx_models.linear)):
         path = tmp_path / f"{name}.onnx"
         build(path)

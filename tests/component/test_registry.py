@@ -23,8 +23,8 @@ from ortserve.registry.records import (
     VersionState,
 )
 from ortserve.registry.service import Registry
-from ortserve.registry.store import ModelStore
 from ortserve.runtime.validation import ValidationLimits
+from ortserve.store.file import FileStore
 from tests import onnx_models, registry_workers
 from tests.patterns import LOGGED
 
@@ -52,17 +52,17 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ModelStore:
-    return ModelStore(tmp_path / "store")
+def store(tmp_path: Path) -> FileStore:
+    return FileStore(tmp_path / "store")
 
 
 @pytest.fixture
-def registry(engine: sa.Engine, store: ModelStore) -> Registry:
+def registry(engine: sa.Engine, store: FileStore) -> Registry:
     return Registry(engine, store, max_model_bytes=1 << 30)
 
 
 @pytest.fixture
-def fast_registry(engine: sa.Engine, store: ModelStore) -> Registry:
+def fast_registry(engine: sa.Engine, store: FileStore) -> Registry:
     """Validation in this process: for tests that register many trusted models."""
     return Registry(engine, store, max_model_bytes=1 << 30, validate=registry_workers.validate_in_process)
 
@@ -240,11 +240,11 @@ def test_invalid_models_leave_the_registry_intact(
     with pytest.raises(InvalidInput, match=r"keeps its data in the external file 'weights.bin'"):
         registry.register_file(external, "external")
     _assert_empty(registry)
-    assert list(registry.store.blobs.rglob("*.onnx")) == []
+    assert list(registry.store.blob_dir.rglob("*.onnx")) == []
     assert registry.register_file(linear_path, "linear").version == 1
 
 
-def test_model_over_the_memory_limit_is_invalid(engine: sa.Engine, store: ModelStore, tmp_path: Path) -> None:
+def test_model_over_the_memory_limit_is_invalid(engine: sa.Engine, store: FileStore, tmp_path: Path) -> None:
     registry = Registry(
         engine, store, max_model_bytes=1 << 30, validation_limits=ValidationLimits(memory_bytes=450 << 20)
     )
@@ -303,7 +303,7 @@ def test_concurrent_registrations_from_processes(
     for versions in per_process:
         assert versions == sorted(versions) and len(versions) == 10
     assert sorted(v for versions in per_process for v in versions) == list(range(1, 41))
-    registry = Registry(engine, ModelStore(store_root), max_model_bytes=1 << 30)
+    registry = Registry(engine, FileStore(store_root), max_model_bytes=1 << 30)
     assert [v.version for v in registry.list_versions("shared")] == list(range(1, 41))
     assert registry.revision() == 40
     assert len(registry.audit_events("shared", limit=1000)) == 40
@@ -323,7 +323,9 @@ def test_kill_before_database_commit_leaves_no_version(
     _assert_empty(registry)
     sha = hashlib.sha256(linear_path.read_bytes()).hexdigest()
     assert registry.store.contains(sha)  # the orphan blob of the store commit
-    assert [g.path for g in registry.collect_garbage(blob_grace_s=0)] == [registry.store.path_for(sha)]
+    assert [g.location for g in registry.collect_garbage(blob_grace_s=0)] == [
+        str(registry.store.path_for(sha))
+    ]
     assert registry.register_file(linear_path, "victim").version == 1
     assert registry.collect_garbage(blob_grace_s=0) == []
 
@@ -374,7 +376,7 @@ def test_alembic_version_lands_in_the_search_path_schema(pg_url: str) -> None:
         engine.dispose()
 
 
-def test_unreachable_database_is_unavailable(tmp_path: Path, store: ModelStore) -> None:
+def test_unreachable_database_is_unavailable(tmp_path: Path, store: FileStore) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'registry.db'}")
     registry = Registry(engine, store, max_model_bytes=1 << 30)
     with pytest.raises(

@@ -25,7 +25,7 @@ from ortserve.registry.records import (
     VersionState,
 )
 from ortserve.registry.service import Registry
-from ortserve.registry.store import ModelStore
+from ortserve.store.file import FileStore
 from tests import registry_workers
 
 SPAWN = mp.get_context("spawn")
@@ -56,7 +56,7 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
 def _registry(engine: sa.Engine, store_root: Path) -> Registry:
     return Registry(
         engine,
-        ModelStore(store_root),
+        FileStore(store_root),
         max_model_bytes=1 << 30,
         validate=registry_workers.validate_in_process,
     )

@@ -1,4 +1,4 @@
-"""The content-addressed model store on a real filesystem."""
+"""The file:// model store on a real filesystem."""
 
 from __future__ import annotations
 
@@ -9,31 +9,39 @@ from pathlib import Path
 
 import pytest
 
-from ortserve.errors import InvalidInput
-from ortserve.registry.store import ModelStore
+from ortserve.errors import FailedPrecondition, InvalidInput
+from ortserve.store.file import FileStore, FileStoreUpload
 
 
-def _upload(store: ModelStore, data: bytes) -> Path:
-    upload = store.open_upload()
+def _open(store: FileStore, data: bytes, **limits: int) -> FileStoreUpload:
+    return store.open_upload(
+        expected_size=len(data), expected_sha256=hashlib.sha256(data).hexdigest(), **limits
+    )
+
+
+def _upload(store: FileStore, data: bytes) -> Path:
+    upload = _open(store, data)
     for start in range(0, len(data), 7):
         upload.write(data[start : start + 7])
     assert upload.size == len(data)
     assert upload.sha256 == hashlib.sha256(data).hexdigest()
-    return store.commit(upload)
+    upload.commit()
+    return store.path_for(upload.sha256)
 
 
 def test_commit_places_bytes_at_their_content_address(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path)
+    store = FileStore(tmp_path)
     path = _upload(store, b"model bytes")
     sha = hashlib.sha256(b"model bytes").hexdigest()
     assert path == tmp_path / "sha256" / sha[:2] / f"{sha}.onnx"
-    assert path == store.path_for(sha)
     assert path.read_bytes() == b"model bytes"
+    assert store.contains(sha) and store.local_path(sha) == path
     assert list(store.tmp.iterdir()) == []
+    assert [(b.sha256, b.size_bytes) for b in store.blobs()] == [(sha, len(b"model bytes"))]
 
 
 def test_commit_is_idempotent_for_the_same_content(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path)
+    store = FileStore(tmp_path)
     first = _upload(store, b"same")
     second = _upload(store, b"same")
     assert first == second
@@ -41,20 +49,37 @@ def test_commit_is_idempotent_for_the_same_content(tmp_path: Path) -> None:
     assert list(store.tmp.iterdir()) == []
 
 
+def test_commit_refuses_bytes_other_than_the_declared_ones(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    upload = store.open_upload(expected_size=4, expected_sha256=hashlib.sha256(b"good").hexdigest())
+    upload.write(b"evil")
+    with pytest.raises(
+        InvalidInput, match=r"^sha256 mismatch: manifest says [0-9a-f]{64}, received bytes hash to"
+    ):
+        upload.commit()
+    upload.abort()
+    short = _open(store, b"longer")
+    short.write(b"long")
+    with pytest.raises(InvalidInput, match=r"^received 4 bytes but the manifest declared 6$"):
+        short.commit()
+    short.abort()
+    assert store.blobs() == [] and list(store.tmp.iterdir()) == []
+
+
 def test_abort_removes_the_temp_file(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path)
-    upload = store.open_upload()
+    store = FileStore(tmp_path)
+    upload = _open(store, b"partial")
     upload.write(b"partial")
     assert upload.path.exists()
     upload.abort()
     assert not upload.path.exists()
     with pytest.raises(InvalidInput, match="aborted or already committed"):
-        store.commit(upload)
+        upload.commit()
 
 
 def test_upload_limits_chunk_size_and_declared_size(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path)
-    upload = store.open_upload(expected_size=10, max_chunk_bytes=4)
+    store = FileStore(tmp_path)
+    upload = store.open_upload(expected_size=10, expected_sha256="0" * 64, max_chunk_bytes=4)
     with pytest.raises(InvalidInput, match="chunk of 5 bytes exceeds the limit of 4 bytes"):
         upload.write(b"12345")
     upload.write(b"1234")
@@ -65,32 +90,51 @@ def test_upload_limits_chunk_size_and_declared_size(tmp_path: Path) -> None:
 
 
 def test_temp_files_are_created_exclusively(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path)
-    upload = store.open_upload()
+    store = FileStore(tmp_path)
+    upload = _open(store, b"x")
     with pytest.raises(FileExistsError):
         os.open(upload.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     upload.abort()
 
 
 def test_path_for_rejects_anything_but_a_sha256(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path)
+    store = FileStore(tmp_path)
     with pytest.raises(InvalidInput, match="64 lowercase hex"):
         store.path_for("../../etc/passwd")
+    with pytest.raises(InvalidInput, match="64 lowercase hex"):
+        store.open_upload(expected_size=1, expected_sha256="../" * 21 + "a")
+
+
+def test_a_corrupt_or_missing_blob_is_never_served(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    path = _upload(store, b"original")
+    sha = path.stem
+    path.write_bytes(b"tampered")
+    tampered = hashlib.sha256(b"tampered").hexdigest()
+    with pytest.raises(
+        FailedPrecondition, match=rf"^blob sha256 {sha} in the model store hashes to {tampered}"
+    ):
+        store.local_path(sha)
+    store.delete(sha)
+    assert not store.contains(sha)
+    with pytest.raises(FailedPrecondition, match=rf"^blob sha256 {sha} is missing from the model store$"):
+        store.local_path(sha)
 
 
 def test_collect_garbage_keeps_referenced_and_young(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path)
+    store = FileStore(tmp_path)
     kept = _upload(store, b"kept")
     orphan = _upload(store, b"orphan")
-    stale = store.open_upload()
+    stale = _open(store, b"old")
     stale.write(b"old")
     stale.seal()
     old = time.time() - 7200
     os.utime(stale.path, (old, old))
-    fresh = store.open_upload()
-    assert [g.path for g in store.collect_garbage({kept.stem}, blob_grace_s=3600)] == [stale.path]
-    assert orphan.exists()
-    removed = [g.path for g in store.collect_garbage({kept.stem})]
-    assert removed == [orphan]
+    fresh = _open(store, b"fresh")
+    found = store.collect_garbage({kept.stem}, blob_grace_s=3600)
+    assert [(g.location, g.size_bytes) for g in found] == [(str(stale.path), 3)]
+    assert orphan.exists() and not stale.path.exists()
+    removed = [g.location for g in store.collect_garbage({kept.stem})]
+    assert removed == [str(orphan)]
     assert kept.exists() and fresh.path.exists()
     fresh.abort()

@@ -23,7 +23,7 @@ from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
 from ortserve.client.client import to_tensor
 from ortserve.registry.db import make_engine
 from ortserve.registry.service import Registry
-from ortserve.registry.store import ModelStore
+from ortserve.store.file import FileStore
 from tests import onnx_models
 from tests.faults import postgres
 from tests.integration.processes import start_server
@@ -193,7 +193,7 @@ async def test_database_outage_under_load_keeps_inference_and_recovers_managemen
 def _promote_elsewhere(url: str, data: Path, version: int) -> None:
     engine = make_engine(url)
     try:
-        registry = Registry(engine, ModelStore(data / "store"), max_model_bytes=1 << 30)
+        registry = Registry(engine, FileStore(data / "store"), max_model_bytes=1 << 30)
         registry.set_alias(MODEL, "production", version, actor="another-process", action="promote")
     finally:
         engine.dispose()

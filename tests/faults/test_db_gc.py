@@ -15,7 +15,7 @@ import pytest
 from ortserve import faults
 from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.cli import main
-from ortserve.registry.store import hash_file
+from ortserve.store import hash_file
 from tests import onnx_models
 from tests.integration.processes import start_server
 from tests.server_calls import (

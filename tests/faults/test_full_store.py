@@ -21,7 +21,8 @@ import pytest
 
 from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.errors import Unavailable
-from ortserve.registry.store import ModelStore, hash_file
+from ortserve.store import hash_file
+from ortserve.store.file import FileStore
 from tests import onnx_models
 from tests.integration.processes import start_server
 from tests.server_calls import connect, predict, register, versions
@@ -106,9 +107,9 @@ def _detail_is_logged(details: str, log: str, folder: Path) -> None:
 
 
 def test_a_store_that_cannot_be_written_is_unavailable_without_its_path(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path / "store")
+    store = FileStore(tmp_path / "store")
     shutil.rmtree(store.tmp)  # an operator or a cleanup job removed the folder under a running server
     expected = r"^the model store cannot be written \(No such file or directory"
     with pytest.raises(Unavailable, match=expected) as info:
-        store.open_upload()
+        store.open_upload(expected_size=1, expected_sha256="0" * 64)
     assert str(tmp_path) not in str(info.value)

@@ -9,7 +9,7 @@ import grpc
 
 from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.api.v1 import registry_service_pb2 as rpb
-from ortserve.registry.store import hash_file
+from ortserve.store import hash_file
 from tests import onnx_models
 from tests.integration.processes import start_server
 from tests.server_calls import (

@@ -44,8 +44,8 @@ from ortserve.registry.records import (
     TrafficPolicy,
     VersionState,
 )
-from ortserve.registry.store import STALE_TEMP_S, Garbage, ModelStore, Upload, hash_file
 from ortserve.runtime.validation import ModelInfo, ValidationLimits, validate_model
+from ortserve.store import STALE_TEMP_S, BlobStore, BlobUpload, Garbage, hash_file
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -67,7 +67,7 @@ class Registry:
     def __init__(
         self,
         engine: sa.Engine,
-        store: ModelStore,
+        store: BlobStore,
         *,
         max_model_bytes: int,
         validate: Validator = validate_model,
@@ -88,19 +88,25 @@ class Registry:
 
     # -- registration -------------------------------------------------------------------------
 
-    def begin_upload(self, manifest: Manifest) -> Upload:
-        """Check the manifest and open a temp file for its bytes (chunks of at most 1 MiB)."""
+    def begin_upload(self, manifest: Manifest) -> BlobUpload:
+        """Check the manifest and open an upload of its bytes (chunks of at most 1 MiB)."""
         self._check_manifest(manifest)
-        return self.store.open_upload(expected_size=manifest.size_bytes, max_chunk_bytes=MAX_CHUNK_BYTES)
+        return self.store.open_upload(
+            expected_size=manifest.size_bytes,
+            expected_sha256=manifest.sha256.lower(),
+            max_chunk_bytes=MAX_CHUNK_BYTES,
+        )
 
-    def finish_upload(self, upload: Upload, manifest: Manifest) -> ModelVersionRecord:
-        """Verify and validate the bytes, store them, then record the version in one transaction."""
+    def finish_upload(self, upload: BlobUpload, manifest: Manifest) -> ModelVersionRecord:
+        """Verify and validate the bytes, commit them to the store, then record the version in one
+        transaction: the store never shows bytes whose digest differs, and the registry never
+        names a blob the store has not committed."""
         try:
             self._check_manifest(manifest)
             self._check_received(upload, manifest)
             upload.seal()
             info = self._validate(upload.path, self._limits)
-            self.store.commit(upload)
+            upload.commit()
         except BaseException:
             upload.abort()
             raise
@@ -153,7 +159,7 @@ class Registry:
             raise InvalidInput(f"manifest sha256 must be 64 hex characters, got {manifest.sha256!r}")
 
     @staticmethod
-    def _check_received(upload: Upload, manifest: Manifest) -> None:
+    def _check_received(upload: BlobUpload, manifest: Manifest) -> None:
         if upload.size != manifest.size_bytes:
             raise InvalidInput(
                 f"received {upload.size} bytes but the manifest declared {manifest.size_bytes}"

@@ -89,8 +89,9 @@ def is_ort_error(exc: BaseException) -> bool:
     return type(exc).__module__ == _ORT_ERRORS_MODULE
 
 
-def create_session(record: ModelVersionRecord, defaults: SessionDefaults) -> OrtSession:
-    """Build the session for `record` with its provider preference (else the server's)."""
+def create_session(record: ModelVersionRecord, defaults: SessionDefaults, path: str = "") -> OrtSession:
+    """Build the session for `record` from the model file at `path` (default: `record.path`) with
+    its provider preference (else the server's)."""
 
     preferred = record.providers or tuple(ProviderSpec(name) for name in defaults.providers)
     plan = resolve_providers(preferred, ort.get_available_providers(), strict=defaults.strict_providers)
@@ -98,7 +99,7 @@ def create_session(record: ModelVersionRecord, defaults: SessionDefaults) -> Ort
     options = [dict(p.options) for p in plan.providers]
     try:
         session = ort.InferenceSession(
-            record.path,
+            path or record.path,
             session_options(record.session, defaults, record.batching.max_concurrent_batches),
             providers=names,
             provider_options=options,

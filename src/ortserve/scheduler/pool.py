@@ -85,8 +85,12 @@ class ModelPool:
         inline_compute_us: int = 0,
         events: EventBus | None = None,
         clock: Callable[[], float] = time.monotonic,
+        blob_path: Callable[[ModelVersionRecord], str] = lambda record: record.path,
     ) -> None:
         self._clock = clock
+        # The model file of a version on this machine, fetched from the model store where needed;
+        # blocking, so it runs in a thread of its load.
+        self._blob_path = blob_path
         self._executor = executor
         self._defaults = defaults
         self._observe = observe
@@ -255,7 +259,7 @@ class ModelPool:
                 self.events.publish("loading", model, version, slot.state)
                 before = _rss()
                 try:
-                    session = await asyncio.to_thread(create_session, slot.record, self._defaults)
+                    session = await asyncio.to_thread(self._create_session, slot.record)
                     crash_point(f"load:{model}:{version}")  # test-only: see ortserve.faults
                     await self._warm_up(slot, session)
                 except OrtserveError as exc:
@@ -268,6 +272,9 @@ class ModelPool:
         finally:
             slot.loading = None
         await self.evict(protect=slot.key)
+
+    def _create_session(self, record: ModelVersionRecord) -> OrtSession:
+        return create_session(record, self._defaults, self._blob_path(record))
 
     def _failed(self, slot: VersionSlot, error: str) -> None:
         model, version = slot.key

@@ -23,7 +23,6 @@ from ortserve.control import ControlPlane
 from ortserve.registry.db import make_engine, upgrade
 from ortserve.registry.notify import listen_url
 from ortserve.registry.service import Registry
-from ortserve.registry.store import ModelStore
 from ortserve.runtime.session import SessionDefaults
 from ortserve.scheduler.inference import InferenceCore
 from ortserve.scheduler.pool import ModelPool
@@ -37,6 +36,7 @@ from ortserve.server.interceptors import RpcInterceptor
 from ortserve.server.metrics import Metrics
 from ortserve.server.oip_servicer import OipServicer
 from ortserve.server.registry_servicer import RegistryServicer
+from ortserve.store import open_store
 
 SERVICE_NAMES = (
     "ortserve.api.v1.InferenceService",
@@ -70,7 +70,8 @@ def build_server(config: ServerConfig) -> Components:
     faults.install()  # test-only crash points, armed by ORTSERVE_TEST_FAULT
     engine = make_engine(config.db_url)
     upgrade(engine)
-    registry = Registry(engine, ModelStore(config.store_dir), max_model_bytes=config.max_model_bytes)
+    store = open_store(config)
+    registry = Registry(engine, store, max_model_bytes=config.max_model_bytes)
     executor_threads, intra = _threads(config)
     executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="ort")
     defaults = SessionDefaults(config.providers, config.strict_providers, intra)
@@ -81,6 +82,7 @@ def build_server(config: ServerConfig) -> Components:
         metrics.for_version,
         memory_budget_bytes=config.memory_budget_bytes,
         inline_compute_us=config.inline_compute_us,
+        blob_path=lambda record: str(store.local_path(record.sha256)),
     )
     health = Health(pool, SERVICE_NAMES)
     control = ControlPlane(

@@ -1,0 +1,148 @@
+"""A blob being received into a local temp file: hashed as written, checked against what was declared.
+
+The file is created with O_EXCL (so no symlink or hardlink planted by anyone can be there), and is
+what validation reads before the store commits the bytes. A write that fails for lack of space
+(ENOSPC, EDQUOT, EFBIG) is RESOURCE_EXHAUSTED, any other failure to write is UNAVAILABLE; the
+caller's message names neither paths nor the OS's own text beyond the reason, which goes to the
+log with the path under the message's correlation id.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ortserve.errors import InvalidInput, ResourceExhausted, Unavailable, logged
+from ortserve.store.digest import check_sha256
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+MODEL_STORE = "the model store"
+
+
+@contextmanager
+def writing(step: str, path: Path, what: str = MODEL_STORE) -> Iterator[None]:
+    """Turn an OSError of `step` into the caller's error; the path and the OS text go to the log."""
+    try:
+        yield
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else "input/output error"
+        if exc.errno in NO_SPACE:
+            message = f"{what} is full ({reason} while {step}); free space or raise its quota"
+            raise ResourceExhausted(logged(message, exc, path=str(path))) from exc
+        message = f"{what} cannot be written ({reason} while {step}); retry later"
+        raise Unavailable(logged(message, exc, level="error", path=str(path))) from exc
+
+
+class FileUpload:
+    """One blob being written to `path`: `write` chunks, then a store's `commit`, or `abort`.
+
+    The declared `expected_size` and `max_chunk_bytes` are enforced on every write; `verify`
+    checks size and sha256 against the declaration once every byte has arrived.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        expected_size: int,
+        expected_sha256: str,
+        max_chunk_bytes: int | None = None,
+        what: str = MODEL_STORE,
+    ):
+        self.path = path
+        self.expected_size = expected_size
+        self.expected_sha256 = check_sha256(expected_sha256.lower())
+        self.max_chunk_bytes = max_chunk_bytes
+        self.size = 0
+        self._what = what
+        self._hash = hashlib.sha256()
+        with writing("creating the upload's temp file", path, what):
+            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self.closed = False
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def write(self, chunk: bytes) -> None:
+        if self._fd is None:
+            raise InvalidInput("the upload is already finished")
+        if self.max_chunk_bytes is not None and len(chunk) > self.max_chunk_bytes:
+            raise InvalidInput(
+                f"chunk of {len(chunk)} bytes exceeds the limit of {self.max_chunk_bytes} bytes"
+            )
+        if self.size + len(chunk) > self.expected_size:
+            raise InvalidInput(
+                f"received more than the {self.expected_size} bytes the manifest declared "
+                f"({self.size + len(chunk)} so far)"
+            )
+        view = memoryview(chunk)
+        with writing("writing the upload", self.path, self._what):
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    def seal(self) -> None:
+        """Flush the bytes to disk and close the file; idempotent."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with writing("flushing the upload", self.path, self._what):
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+    def verify(self) -> None:
+        """The bytes received are exactly the declared ones (size and sha256), else InvalidInput."""
+        if self.closed:
+            raise InvalidInput("the upload was aborted or already committed")
+        if self.size != self.expected_size:
+            raise InvalidInput(f"received {self.size} bytes but the manifest declared {self.expected_size}")
+        if self.sha256 != self.expected_sha256:
+            raise InvalidInput(
+                f"sha256 mismatch: manifest says {self.expected_sha256}, received bytes hash to {self.sha256}"
+            )
+
+    def abort(self) -> None:
+        """Drop the temp file; idempotent. A file that cannot be removed is left to garbage collection."""
+        self.closed = True
+        fd, self._fd = self._fd, None
+        try:
+            if fd is not None:
+                os.close(fd)
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            logged("an aborted upload's temp file was left behind", exc, path=str(self.path))
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
+
+
+def stale_files(folder: Path, older_than_s: float) -> list[tuple[Path, int]]:
+    """Files in `folder` last written at least `older_than_s` ago, by name, with their sizes."""
+    now = time.time()
+    found = []
+    for path in sorted(folder.iterdir()):
+        stat = stat_or_none(path)
+        if stat is not None and now - stat.st_mtime >= older_than_s:
+            found.append((path, stat.st_size))
+    return found
