@@ -4,7 +4,8 @@ Builds the models (bench/models.py) into a temp dir, starts ortserve (`--log-lev
 the echo server (bench/echo_server.py) as subprocesses, registers the models, then runs each
 scenario ONE AT A TIME with the load generator in its own process (`python -m ortserve bench
 ... --json`) or the in-process ONNX Runtime ceiling (bench/ort_ceiling.py). Prints a Markdown
-report and writes it with a JSON of every result to bench/results/<date>.md / .json.
+report and writes it with a JSON of every result to bench/results/<date>.md / .json, and a chart of
+throughput and p99 against concurrency (bench/plots.py) to <date>.png.
 
     .venv/bin/python bench/run_all.py [--duration 8] [--warmup 2] [--only tiny,wide]
 """
@@ -35,6 +36,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import models  # noqa: E402
+import plots  # noqa: E402
 
 PY = sys.executable
 RESULTS = HERE / "results"
@@ -533,7 +535,9 @@ def write_report(info: dict[str, Any], chosen: list[Scenario], args: Any, delay_
     (RESULTS / f"{stamp}.md").write_text(report)
     payload = {"machine": info, "settings": vars(args), "figures": figs, "runs": results}
     (RESULTS / f"{stamp}.json").write_text(json.dumps(payload, indent=2))
-    print(f"wrote {RESULTS / stamp}.md and .json", file=sys.stderr)
+    title = f"ortserve bench {info['date']}, {info['cores']} cores, {args.duration:g} s per scenario"
+    plots.plot(plots.lines(chosen), RESULTS / f"{stamp}.png", title)
+    print(f"wrote {RESULTS / stamp}.md, .json and .png", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- main

@@ -4,6 +4,7 @@
 #   - Go: Debian's Go 1.19, grpc-go and protobuf-go sources (GOPATH mode, offline), protoc plugins
 #   - Java: a JDK, Debian's grpc-java jars and grpc_java_plugin (no Maven/Gradle)
 #   - Node: the npm dependencies of clients/node (npm ci from the committed lock file)
+#   - promtool (Debian's prometheus package), which checks deploy/monitoring's alert rules
 # Meant for Debian 12 (bookworm), run as root (or with sudo available), non-interactively.
 set -euo pipefail
 
@@ -34,6 +35,8 @@ apt_packages=(
   libgoogle-gson-java
   libperfmark-java
   libguava-java
+  # promtool for deploy/monitoring (tests/integration/test_monitoring.py); about 5 s to install
+  prometheus
 )
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -84,6 +84,7 @@ def build_server(config: ServerConfig) -> Components:
         inline_compute_us=config.inline_compute_us,
         blob_path=lambda record: str(store.local_path(record.sha256)),
     )
+    metrics.watch_pool(pool)
     health = Health(pool, SERVICE_NAMES)
     control = ControlPlane(
         registry,

@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from ortserve.errors import NotFound
+from ortserve.registry.records import VersionState
 from ortserve.scheduler.batch_queue import Flush
 from ortserve.server.loop_metrics import LoopCollector
+
+if TYPE_CHECKING:
+    from ortserve.scheduler.pool import ModelPool, VersionSlot
 
 _SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -77,6 +83,10 @@ class Metrics:
 
     def for_version(self, model: str, version: int) -> VersionMetrics:
         return VersionMetrics(self, model, str(version))
+
+    def watch_pool(self, pool: ModelPool) -> None:
+        """Publish the pool's versions (state, memory, queue capacity) and registry revision."""
+        self.registry.register(PoolCollector(pool))
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint; return its bound port (0 picks a free one)."""
@@ -197,3 +207,54 @@ class LoopTasks:
             # thread is safe.
             family.add_metric([], len(asyncio.all_tasks(self._loop)))
         yield family
+
+
+class PoolCollector:
+    """Read from the pool when Prometheus scrapes: per version on this server its state (one series
+    per state, 1 for the current one, as kube-state-metrics does), the memory its session took and
+    its queue's capacity; and the registry revision this server has converged on. Retired versions
+    leave the pool, so their series go with them."""
+
+    def __init__(self, pool: ModelPool) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "ortserve_model_version_state",
+            "1 for the version's state on this server, 0 for the other states",
+            labels=[*_VERSION, "state"],
+        )
+        memory = GaugeMetricFamily(
+            "ortserve_model_version_memory_bytes",
+            "Memory the loaded version's session took (resident set growth at load)",
+            labels=_VERSION,
+        )
+        capacity = GaugeMetricFamily(
+            "ortserve_queue_capacity",
+            "Requests a version's queue holds (its max_queue_size)",
+            labels=_VERSION,
+        )
+        for slot in self._slots():
+            labels = [slot.record.model, str(slot.record.version)]
+            current = slot.state
+            for each in VersionState:
+                state.add_metric([*labels, each.value], float(each is current))
+            if slot.session is not None:
+                memory.add_metric(labels, slot.memory_bytes)
+            if slot.batcher is not None:
+                capacity.add_metric(labels, slot.record.batching.max_queue_size)
+        revision = GaugeMetricFamily(
+            "ortserve_registry_revision", "Registry revision whose snapshot this server has applied"
+        )
+        revision.add_metric([], self._pool.events.revision)
+        yield from (state, memory, capacity, revision)
+
+    def _slots(self) -> list[VersionSlot]:
+        # The event loop may add or drop a model while the scrape thread copies the pool's
+        # dictionaries; like asyncio.all_tasks, try again.
+        for _ in range(10):
+            try:
+                return self._pool.slots()
+            except (NotFound, RuntimeError):
+                continue
+        return []
