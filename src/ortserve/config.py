@@ -57,6 +57,10 @@ class ServerConfig:
     log_level: str = "info"
     # "auto": JSON when stderr is not a terminal.
     log_format: str = "auto"
+    # OpenTelemetry tracing (the `otel` extra): spans are exported over OTLP/gRPC to this endpoint,
+    # e.g. http://otel-collector:4317; empty: tracing off, nothing on the hot path.
+    otlp_endpoint: str = ""
+    tracing_service_name: str = "ortserve"
     # Execution providers tried in order when a version names none.
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     # Fail a load when a preferred provider is unavailable instead of recording the fallback.

@@ -43,6 +43,7 @@ class Request:
     queued: bool = True
     batch: Batch | None = None
     timer: Any = None  # asyncio.TimerHandle of the deadline, if any
+    trace: Any = None  # the caller's span context, when tracing is on
 
 
 @dataclass(slots=True, eq=False)

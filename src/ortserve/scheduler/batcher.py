@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -34,10 +34,13 @@ from ortserve.errors import (
 from ortserve.runtime.session import OrtSession, is_ort_error
 from ortserve.scheduler.batch import RowMismatch, shape_key, split, stack
 from ortserve.scheduler.batch_queue import Batch, BatchQueue, Flush, Request
-from ortserve.scheduler.calls import Timing
+from ortserve.scheduler.calls import BatchSpan, Timing
 from ortserve.scheduler.latency import LatencyModel
 from ortserve.scheduler.observer import VersionObserver
 from ortserve.scheduler.stats import VersionStats
+
+if TYPE_CHECKING:
+    from ortserve.scheduler.tracing import BatchTracer
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +79,10 @@ class Batcher:
         *,
         name: str,
         observer: VersionObserver,
+        tracer: BatchTracer | None = None,
     ) -> None:
         self._session = session
+        self._tracer = tracer  # None unless tracing is configured: one test per request
         slots = max(1, config.max_concurrent_batches)
         # By default each version has its own threads, one per batch it may run at once.
         self._own_executor = executor is None
@@ -161,6 +166,9 @@ class Batcher:
         except Exception as exc:
             raise self._batch_error(exc, 1) from exc
         self._account(outcome.rows, outcome.ns, outcome.cpu_ns)
+        if self._tracer is not None:
+            taken = time.monotonic_ns() - sum(outcome.ns)
+            self._tracer.immediate(BatchSpan(taken, outcome.ns, outcome.rows, Flush.IMMEDIATE))
         return outcome.parts[0], Timing(0, sum(outcome.ns), rows, self._session.provider)
 
     def _admit(
@@ -177,7 +185,8 @@ class Batcher:
         if deadline_ns is not None:
             self._check_feasible(rows, deadline_ns - now)
         key = shape_key(feeds, outputs) if self._batching else ()
-        return Request(feeds, outputs, rows, key, deadline_ns, now, self._loop.create_future())
+        trace = self._tracer.current() if self._tracer is not None else None
+        return Request(feeds, outputs, rows, key, deadline_ns, now, self._loop.create_future(), trace=trace)
 
     def _check_feasible(self, rows: int, left_ns: int) -> None:
         estimate = self.latency.estimate(rows)
@@ -273,9 +282,9 @@ class Batcher:
                 try:
                     outcome = self._compute([r.feeds for r in requests], requests[0].outputs, batch.options)
                 except Exception as exc:
-                    self._fail(requests, exc)
+                    self._fail(requests, exc, batch)
                 else:
-                    self._deliver(requests, batch.taken_ns, outcome)
+                    self._deliver(requests, batch, outcome)
         finally:
             with self._lock:
                 self._free += 1
@@ -309,9 +318,9 @@ class Batcher:
         try:
             outcome = self._compute([r.feeds for r in requests], requests[0].outputs, batch.options)
         except Exception as exc:
-            self._post(self._fail, requests, exc)
+            self._post(self._fail, requests, exc, batch)
             return
-        self._post(self._deliver, requests, batch.taken_ns, outcome)
+        self._post(self._deliver, requests, batch, outcome)
 
     def _take_next(self) -> Batch | None:
         expired: list[Request] = []
@@ -351,22 +360,33 @@ class Batcher:
 
     # ------------------------------------------------------------------ results (event loop)
 
-    def _fail(self, requests: list[Request], exc: Exception) -> None:
+    def _fail(self, requests: list[Request], exc: Exception, batch: Batch) -> None:
         waiting = [r for r in requests if not r.future.done()]
         if not waiting:  # everyone left (a batch stopped on purpose): nobody to tell, nothing to log
             return
         error = self._batch_error(exc, len(waiting))
         for request in waiting:
             request.future.set_exception(error)
+        if self._tracer is not None:
+            elapsed = (0, time.monotonic_ns() - batch.taken_ns, 0)
+            rows = sum(r.rows for r in waiting)
+            self._trace(waiting, BatchSpan(batch.taken_ns, elapsed, rows, batch.reason, error))
 
-    def _deliver(self, requests: list[Request], start: int, outcome: Outcome) -> None:
+    def _deliver(self, requests: list[Request], batch: Batch, outcome: Outcome) -> None:
         self._account(outcome.rows, outcome.ns, outcome.cpu_ns)
         compute = sum(outcome.ns)
         provider = self._session.provider
+        start = batch.taken_ns
         for request, arrays in zip(requests, outcome.parts, strict=True):
             if not request.future.done():
                 timing = Timing(start - request.enqueued_ns, compute, outcome.rows, provider)
                 request.future.set_result((arrays, timing))
+        if self._tracer is not None:
+            self._trace(requests, BatchSpan(batch.taken_ns, outcome.ns, outcome.rows, batch.reason))
+
+    def _trace(self, requests: list[Request], span: BatchSpan) -> None:
+        assert self._tracer is not None
+        self._tracer.batch([(r.trace, r.enqueued_ns) for r in requests], span)
 
     def _account(self, rows: int, ns: tuple[int, int, int], cpu_ns: int) -> None:
         self.latency.observe(rows, sum(ns))

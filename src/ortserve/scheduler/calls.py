@@ -34,3 +34,14 @@ class PredictResult:
     version: int
     outputs: Mapping[str, np.ndarray]
     timing: Timing
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpan:
+    """One batch as the batcher saw it (monotonic nanoseconds)."""
+
+    taken_ns: int
+    ns: tuple[int, int, int]  # stack, run, split
+    rows: int
+    reason: str
+    error: BaseException | None = None

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -27,6 +28,11 @@ from ortserve.scheduler.events import EventBus
 from ortserve.scheduler.observer import NullObserver, VersionObserver
 from ortserve.scheduler.routing import NO_ROUTES, ModelRoutes, choose
 from ortserve.scheduler.stats import VersionStats
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+    from ortserve.scheduler.tracing import BatchTracer
 
 log = structlog.get_logger(__name__)
 DRAIN_TIMEOUT_S = 30.0
@@ -86,8 +92,10 @@ class ModelPool:
         events: EventBus | None = None,
         clock: Callable[[], float] = time.monotonic,
         blob_path: Callable[[ModelVersionRecord], str] = lambda record: record.path,
+        tracer: Tracer | None = None,
     ) -> None:
         self._clock = clock
+        self._tracer = tracer  # OpenTelemetry, when tracing is configured
         # The model file of a version on this machine, fetched from the model store where needed;
         # blocking, so it runs in a thread of its load.
         self._blob_path = blob_path
@@ -305,6 +313,7 @@ class ModelPool:
             batcher_config(record, self._inline_compute_us),
             name=f"model {record.model!r} version {record.version}",
             observer=slot.observer,
+            tracer=self._batch_tracer(record),
         )
         slot.last_used = time.monotonic()
         slot.state = VersionState.READY
@@ -317,6 +326,13 @@ class ModelPool:
             memory_bytes=slot.memory_bytes,
         )
         self.events.publish("ready", record.model, record.version, slot.state, ",".join(session.providers))
+
+    def _batch_tracer(self, record: ModelVersionRecord) -> BatchTracer | None:
+        if self._tracer is None:
+            return None
+        from ortserve.scheduler.tracing import BatchTracer
+
+        return BatchTracer(self._tracer, record.model, record.version)
 
     async def unload(self, model: str, version: int, *, reason: str = "unloaded") -> None:
         """Stop routing to the version, let its in-flight requests finish, then drop the session."""

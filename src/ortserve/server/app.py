@@ -7,6 +7,7 @@ import gc
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -21,9 +22,9 @@ log = structlog.get_logger(__name__)
 class OrtServer:
     """A running ortserve; `start` returns the bound gRPC port (0 in the config picks a free one)."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, tracer_provider: Any = None) -> None:
         self.config = config
-        self.parts: Components = build_server(config)
+        self.parts: Components = build_server(config, tracer_provider)
         self.port = 0
         self.metrics_port = 0
 
@@ -59,6 +60,8 @@ class OrtServer:
         await parts.control.aclose()
         parts.executor.shutdown(wait=True)
         await asyncio.to_thread(parts.metrics.close)
+        if parts.tracer_provider is not None:  # flush the spans still batched for export
+            await asyncio.to_thread(parts.tracer_provider.shutdown)
         log.info("server_stopped")
 
     async def wait(self) -> None:

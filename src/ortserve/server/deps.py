@@ -9,6 +9,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
@@ -56,6 +57,8 @@ class Components:
     health: Health
     metrics: Metrics
     executor: ThreadPoolExecutor
+    # OpenTelemetry's TracerProvider when tracing is on: shut down last, to flush its spans.
+    tracer_provider: Any = None
 
 
 def _threads(config: ServerConfig) -> tuple[int, int]:
@@ -64,8 +67,10 @@ def _threads(config: ServerConfig) -> tuple[int, int]:
     return executor, config.intra_op_threads
 
 
-def build_server(config: ServerConfig) -> Components:
-    """Wire every component; nothing is started yet."""
+def build_server(config: ServerConfig, tracer_provider: Any = None) -> Components:
+    """Wire every component; nothing is started yet. `tracer_provider` (OpenTelemetry) turns
+    tracing on, as `otlp_endpoint` does; tests pass one with an in-memory exporter."""
+    tracer_provider = tracer_provider or _otlp_provider(config)
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     faults.install()  # test-only crash points, armed by ORTSERVE_TEST_FAULT
     engine = make_engine(config.db_url)
@@ -83,6 +88,7 @@ def build_server(config: ServerConfig) -> Components:
         memory_budget_bytes=config.memory_budget_bytes,
         inline_compute_us=config.inline_compute_us,
         blob_path=lambda record: str(store.local_path(record.sha256)),
+        tracer=tracer_provider.get_tracer("ortserve.scheduler") if tracer_provider else None,
     )
     metrics.watch_pool(pool)
     health = Health(pool, SERVICE_NAMES)
@@ -104,7 +110,10 @@ def build_server(config: ServerConfig) -> Components:
     failures_log = BoundedLog(structlog.get_logger("ortserve.rpc").warning)
     failures = Failures(metrics.stream_message_failed, failures_log)
     server = aio.server(
-        interceptors=[RpcInterceptor(metrics, failures, _auth(config)), *soak_leak.interceptors()],
+        interceptors=[
+            RpcInterceptor(metrics, failures, _auth(config), _rpc_tracing(tracer_provider)),
+            *soak_leak.interceptors(),
+        ],
         options=server_options(config),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )
@@ -112,7 +121,7 @@ def build_server(config: ServerConfig) -> Components:
     rpb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(control, core), server)
     oip_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(core, control, failures), server)
     _add_health_and_reflection(server, health, config)
-    return Components(config, server, control, core, health, metrics, executor)
+    return Components(config, server, control, core, health, metrics, executor, tracer_provider)
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -136,6 +145,22 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
     )
     options.extend((name, value) for name, value in optional if value > 0)
     return options
+
+
+def _otlp_provider(config: ServerConfig) -> Any:
+    if not config.otlp_endpoint:
+        return None
+    from ortserve.server.tracing import otlp_provider
+
+    return otlp_provider(config.otlp_endpoint, config.tracing_service_name)
+
+
+def _rpc_tracing(tracer_provider: Any) -> Any:
+    if tracer_provider is None:
+        return None
+    from ortserve.server.tracing import RpcTracing
+
+    return RpcTracing(tracer_provider.get_tracer("ortserve.rpc"))
 
 
 def _auth(config: ServerConfig) -> TokenAuth | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 import structlog
@@ -17,6 +17,9 @@ from ortserve.server.auth import TokenAuth
 from ortserve.server.failures import Failures
 from ortserve.server.metrics import Metrics
 from ortserve.server.rpc import Context, Handler
+
+if TYPE_CHECKING:
+    from ortserve.server.tracing import RpcTracing
 
 log = structlog.get_logger("ortserve.rpc")
 HOT_METHODS = frozenset(
@@ -32,10 +35,17 @@ HOT_METHODS = frozenset(
 class RpcInterceptor(aio.ServerInterceptor):
     """Wraps each method's handler once (cached by method name), for all four arities."""
 
-    def __init__(self, metrics: Metrics, failures: Failures, auth: TokenAuth | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        failures: Failures,
+        auth: TokenAuth | None = None,
+        tracing: RpcTracing | None = None,
+    ) -> None:
         self._metrics = metrics
         self._failures = failures
         self._auth = auth
+        self._tracing = tracing
         self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(
@@ -59,20 +69,25 @@ class RpcInterceptor(aio.ServerInterceptor):
             "request_deserializer": _lenient(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
+        traced = self._tracing.wrap if self._tracing is not None else _untraced
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary, streamed=False), **kwargs
+                self._unary(method, traced(method, handler.unary_unary), streamed=False), **kwargs
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary, streamed=True), **kwargs
+                self._unary(method, traced(method, handler.stream_unary), streamed=True), **kwargs
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._responses(method, handler.unary_stream, streamed=False), **kwargs
+                self._responses(method, traced(method, handler.unary_stream), streamed=False), **kwargs
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._responses(method, handler.stream_stream, streamed=True),  # type: ignore[arg-type]
+            self._responses(
+                method,
+                traced(method, handler.stream_stream),  # type: ignore[arg-type]
+                streamed=True,
+            ),
             **kwargs,
         )
 
@@ -158,6 +173,10 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
             return _Unparsed(type_name)
 
     return parse
+
+
+def _untraced(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    return behavior
 
 
 def _parsed(request: Any, streamed: bool) -> Any:
