@@ -41,6 +41,17 @@ def ensure_model(session: Session, name: str, description: str) -> int:
     return found
 
 
+def version_with_bytes(session: Session, model: int, sha256: str) -> ModelVersion | None:
+    """The model's oldest version (retired ones included) whose blob is `sha256`."""
+    stmt = (
+        sa.select(ModelVersion)
+        .where(ModelVersion.model_id == model, ModelVersion.sha256 == sha256)
+        .order_by(ModelVersion.version)
+        .limit(1)
+    )
+    return session.scalars(stmt).one_or_none()
+
+
 def allocate_version(session: Session, model: int) -> int:
     """The next version number of `model`; the row stays locked until the transaction ends."""
     stmt = (

@@ -97,10 +97,14 @@ class Registry:
             max_chunk_bytes=MAX_CHUNK_BYTES,
         )
 
-    def finish_upload(self, upload: BlobUpload, manifest: Manifest) -> ModelVersionRecord:
+    def finish_upload(
+        self, upload: BlobUpload, manifest: Manifest, *, reuse_identical: bool = False
+    ) -> ModelVersionRecord:
         """Verify and validate the bytes, commit them to the store, then record the version in one
         transaction: the store never shows bytes whose digest differs, and the registry never
-        names a blob the store has not committed."""
+        names a blob the store has not committed. With `reuse_identical`, a version of the model
+        with the same bytes (retired ones included) is returned instead of adding one; the check
+        runs under the model's lock, so replicas registering one file at once add one version."""
         try:
             self._check_manifest(manifest)
             self._check_received(upload, manifest)
@@ -110,7 +114,7 @@ class Registry:
         except BaseException:
             upload.abort()
             raise
-        return self._record_version(manifest, info)
+        return self._record_version(manifest, info, reuse_identical)
 
     def register_file(
         self,
@@ -123,8 +127,10 @@ class Registry:
         batching: BatchingSettings | None = None,
         session: SessionSettings | None = None,
         created_by: str = "",
+        reuse_identical: bool = False,
     ) -> ModelVersionRecord:
-        """Register the model file at `path` as the next version of `name`."""
+        """Register the model file at `path` as the next version of `name` (see `finish_upload`
+        for `reuse_identical`)."""
         size, sha256 = hash_file(path)
         manifest = Manifest(
             name=name,
@@ -145,7 +151,7 @@ class Registry:
         except BaseException:
             upload.abort()
             raise
-        return self.finish_upload(upload, manifest)
+        return self.finish_upload(upload, manifest, reuse_identical=reuse_identical)
 
     def _check_manifest(self, manifest: Manifest) -> None:
         check_name(manifest.name)
@@ -170,9 +176,16 @@ class Registry:
                 f"received bytes hash to {upload.sha256}"
             )
 
-    def _record_version(self, manifest: Manifest, info: ModelInfo) -> ModelVersionRecord:
+    def _record_version(
+        self, manifest: Manifest, info: ModelInfo, reuse_identical: bool
+    ) -> ModelVersionRecord:
         with self._session(write=True) as session:
             model_id = repo.ensure_model(session, manifest.name, manifest.description)
+            if reuse_identical:
+                rollout.lock_model(session, manifest.name)
+                same = repo.version_with_bytes(session, model_id, manifest.sha256.lower())
+                if same is not None:
+                    return repo.version_record(same, manifest.name, self._path_for)
             number = repo.allocate_version(session, model_id)
             row = repo.insert_version(session, _version_row(model_id, number, manifest, info))
             record = repo.version_record(row, manifest.name, self._path_for)
