@@ -86,7 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, overrides=_overrides(args))
     configure_logging(config.log_level, config.log_format)
-    if args.examples:
+    if args.examples or config.examples:  # the flag, or ORTSERVE_EXAMPLES / the file
         _register_examples(config)
     asyncio.run(serve(config, args.port_file))
     return 0
