@@ -195,10 +195,19 @@ def _add_models(sub: Any) -> None:
     reg.set_defaults(run=_models_register)
     ls = msub.add_parser("list", help="list models and versions")
     ls.set_defaults(run=_models_list)
-    show = msub.add_parser("show", help="one model and its versions")
+    show = msub.add_parser("show", help="one model: aliases, traffic, shadow comparison, versions")
     show.add_argument("name")
     show.set_defaults(run=_models_show)
-    for q in (reg, ls, show):
+    imp = msub.add_parser(
+        "import-triton",
+        help="register the ONNX models of a Triton model repository (config.pbtxt: batching, "
+        "version_policy, accelerators); lists what it cannot carry over",
+    )
+    imp.add_argument("directory", type=Path, metavar="DIR")
+    imp.add_argument("--dry-run", action="store_true", help="print the plan; register nothing")
+    imp.add_argument("--load", action="store_true", help="load and warm up each version as it is registered")
+    imp.set_defaults(run=_models_import_triton)
+    for q in (reg, ls, show, imp):
         _client_flags(q)
     from ortserve.rollout_cli import add_rollout_commands
 
@@ -239,53 +248,50 @@ def _models_register(args: argparse.Namespace) -> int:
             load=not args.no_load,
             progress=progress,
         )
-    _emit(args, _version_dict(info), f"registered {info.model} version {info.version} ({info.state})")
+    from ortserve.cli_tables import version_json
+
+    _emit(args, version_json(info), f"registered {info.model} version {info.version} ({info.state})")
     return 0
 
 
 def _models_list(args: argparse.Namespace) -> int:
+    from ortserve import cli_tables
+
     with _client(args) as client:
         models = client.list_models()
     if args.json:
-        print(json.dumps([_model_dict(m) for m in models], indent=2))
-        return 0
-    for m in models:
-        versions = ", ".join(f"{v.version}:{v.state}" for v in m.versions)
-        print(f"{m.name}\t{versions}")
+        cli_tables.print_json([cli_tables.model_json(m) for m in models])
+    else:
+        cli_tables.emit([cli_tables.models_table(models)])
     return 0
 
 
 def _models_show(args: argparse.Namespace) -> int:
+    from ortserve import cli_tables
+
     with _client(args) as client:
         model = client.get_model(args.name)
-    print(json.dumps(_model_dict(model), indent=2))
+    if args.json:
+        cli_tables.print_json(cli_tables.model_json(model))
+    else:
+        cli_tables.emit(cli_tables.model_tables(model))
     return 0
 
 
-def _version_dict(v: Any) -> dict[str, Any]:
-    return {
-        "version": v.version,
-        "state": v.state,
-        "error": v.error,
-        "sha256": v.sha256,
-        "size_bytes": v.size_bytes,
-        "inputs": v.inputs,
-        "outputs": v.outputs,
-        "providers": v.providers,
-    }
+def _models_import_triton(args: argparse.Namespace) -> int:
+    """Exit 1 when a configuration could not be read or a version was refused (the rest is imported)."""
+    from ortserve import cli_tables, triton_import
 
-
-def _model_dict(m: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return {
-        "name": m.name,
-        "description": m.description,
-        "aliases": m.aliases,
-        "traffic": asdict(m.traffic) if m.traffic else None,
-        "shadow": asdict(m.shadow) if m.shadow else None,
-        "versions": [_version_dict(v) for v in m.versions],
-    }
+    plans = triton_import.plan_repository(args.directory)
+    if not args.dry_run:
+        with _client(args) as client:
+            triton_import.apply_plan(plans, client, load=args.load)
+    if args.json:
+        cli_tables.print_json(cli_tables.import_json(args.directory, plans, args.dry_run))
+    else:
+        cli_tables.emit(cli_tables.import_tables(args.directory, plans, args.dry_run))
+        print(cli_tables.import_summary(plans, args.dry_run))
+    return 1 if triton_import.failed(plans) else 0
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:

@@ -12,7 +12,9 @@ retired one included) is left alone, and new files become new versions. Whatever
 that cannot be used is logged with its path and the reason, and the rest is registered: a model
 file that fails validation, a version folder without a model, a config.pbtxt that does not parse
 (that model is left out, as Triton leaves it out). A registry that cannot be reached fails the start.
-Registrations go through `Registry.register_file`, the path every upload takes.
+Registrations go through `Registry.register_file`, the path every upload takes. Reading config.pbtxt
+and walking the repository are triton_repo's, shared with `models import-triton`; unlike that
+command, every version is registered here, whatever the config's version_policy says.
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
-from google.protobuf import text_format
 
-from ortserve.api.inference import model_config_pb2
+from ortserve import triton_repo
 from ortserve.errors import InvalidInput, NotFound, ResourceExhausted
 from ortserve.registry.records import BatchingSettings, ModelVersionRecord
 from ortserve.registry.service import Registry, check_name
@@ -31,12 +32,9 @@ from ortserve.store import hash_file
 
 log = structlog.get_logger(__name__)
 
-MODEL_FILE = "model.onnx"
-CONFIG_FILE = "config.pbtxt"
+MODEL_FILE = triton_repo.MODEL_FILE
 LAYOUTS = f"{MODEL_FILE} or <name>/<version>/{MODEL_FILE}"
 CREATED_BY = "model-dir"
-# Triton platforms and backends that run ONNX models; a config naming another one is not ours.
-ONNX_RUNTIMES = frozenset({"", "onnxruntime_onnx", "onnxruntime"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,73 +111,20 @@ def _scan(root: Path, model_name: str, outcome: Outcome) -> list[Candidate]:
 def _scan_model(folder: Path, outcome: Outcome) -> list[Candidate]:
     """The versions of one model of a Triton-style repository, in version order."""
     try:
-        check_name(folder.name)
-        config = _read_config(folder / CONFIG_FILE)
-        batching = _batching(config)
+        model = triton_repo.read_model(folder)
     except InvalidInput as exc:
         outcome.skip(folder, str(exc))
         return []
-    filename = (config.default_model_filename if config else "") or MODEL_FILE
-    versions: list[tuple[int, Path]] = []
-    for entry in sorted(folder.iterdir()):
-        if entry.name == CONFIG_FILE:
-            continue
-        if not (entry.is_dir() and entry.name.isdigit() and int(entry.name) > 0):
-            outcome.skip(entry, "not a version folder (a positive number)")
-            continue
-        versions.append((int(entry.name), entry))
-    candidates = []
-    for number, entry in sorted(versions):
-        model_file = entry / filename
-        if not model_file.is_file():
-            outcome.skip(entry, f"no {filename} in this version folder")
-            continue
-        for other in sorted(entry.iterdir()):
-            if other != model_file:
-                outcome.skip(other, f"not used: the version's model is {filename}")
-        where = f"{folder.name}/{entry.name}/{filename}"
-        candidates.append(Candidate(folder.name, model_file, where, batching, str(number)))
-    return candidates
-
-
-def _read_config(path: Path) -> model_config_pb2.ModelConfig | None:
-    """Triton's ModelConfig from text format; fields ortserve has no use for are logged and ignored."""
-    if not path.is_file():
-        return None
-    text = path.read_text(errors="replace")
-    config = model_config_pb2.ModelConfig()
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as strict:
-        config = model_config_pb2.ModelConfig()
-        try:
-            text_format.Parse(text, config, allow_unknown_field=True)
-        except text_format.ParseError as exc:
-            raise InvalidInput(f"{CONFIG_FILE} is not a valid Triton model configuration: {exc}") from None
-        log.warning("model_dir_config_fields_ignored", path=str(path), first=str(strict))
-    runtime = config.platform or config.backend
-    if runtime not in ONNX_RUNTIMES:
-        raise InvalidInput(f"{CONFIG_FILE} names platform or backend {runtime!r}, not ONNX Runtime")
-    return config
-
-
-def _batching(config: model_config_pb2.ModelConfig | None) -> BatchingSettings | None:
-    """Triton's max_batch_size 0 means no batch axis, which turns batching off here too."""
-    if config is None:
-        return None
-    if not config.HasField("dynamic_batching"):
-        return BatchingSettings(max_batch_size=config.max_batch_size)
-    dynamic = config.dynamic_batching
-    queue = dynamic.default_queue_policy.max_queue_size
-    try:
-        return BatchingSettings(
-            max_batch_size=config.max_batch_size,
-            max_queue_delay_us=dynamic.max_queue_delay_microseconds,
-            preferred_batch_sizes=tuple(dynamic.preferred_batch_size),
-            **({"max_queue_size": queue} if queue else {}),
+    if model.unknown_fields:
+        log.warning(
+            "model_dir_config_fields_ignored", path=str(model.config_file), fields=list(model.unknown_fields)
         )
-    except InvalidInput as exc:
-        raise InvalidInput(f"{CONFIG_FILE}: {exc}") from None
+    for path, reason in model.skipped:
+        outcome.skip(path, reason)
+    return [
+        Candidate(model.name, version.path, version.where, model.batching, str(version.number))
+        for version in model.versions
+    ]
 
 
 def _register(registry: Registry, candidate: Candidate, known: dict[str, set[str]], outcome: Outcome) -> None:

@@ -157,15 +157,14 @@ def _retire(args: argparse.Namespace, client: Any) -> str:
     return f"{args.name}: version {version.version} retired"
 
 
-def _audit(args: argparse.Namespace, client: Any) -> str:
+def _audit(args: argparse.Namespace, client: Any) -> None:
+    from ortserve import cli_tables
+
     entries = client.audit(args.name, limit=args.limit)
     if args.json:
-        return json.dumps([asdict(e) for e in entries], indent=2, default=str)
-    return "\n".join(
-        f"{e.time:%Y-%m-%d %H:%M:%S}  {e.action:<12} {e.model} v{e.version or '-'}  by {e.actor or '-'}  "
-        f"{json.dumps(e.before)} -> {json.dumps(e.after)}"
-        for e in entries
-    )
+        cli_tables.print_json([cli_tables.audit_json(e) for e in entries])
+    else:
+        cli_tables.emit([cli_tables.audit_table(entries)])
 
 
 def _watch(args: argparse.Namespace, client: Any) -> None:

@@ -35,8 +35,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 def test_examples_register_predict_and_show(served: tuple[str, Path]) -> None:
     address, tmp = served
-    listed = ortserve("models", "list", "--server", address).stdout
-    assert "add\t1:ready" in listed and "linear\t1:ready" in listed
+    listed = ortserve("models", "list", "--server", address).stdout  # a tab-separated table off a terminal
+    assert "add\t1:ready\t" in listed and "linear\t1:ready\t" in listed
 
     out = json.loads(
         ortserve(
@@ -56,8 +56,9 @@ def test_examples_register_predict_and_show(served: tuple[str, Path]) -> None:
     expected = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
     np.testing.assert_allclose(np.array(out["outputs"]["y"], np.float32), expected, rtol=1e-5)
 
-    shown = json.loads(ortserve("models", "show", "mine", "--server", address).stdout)
-    assert shown["versions"][0]["inputs"] == [["x", "FP32", [-1, 16]]]
+    shown = json.loads(ortserve("models", "show", "mine", "--server", address, "--json").stdout)
+    assert shown["versions"][0]["inputs"] == [{"name": "x", "dtype": "FP32", "shape": [-1, 16]}]
+    assert "x FP32 [N, 16]" in ortserve("models", "show", "mine", "--server", address).stdout
 
 
 def test_client_errors_are_one_line_with_the_status(served: tuple[str, Path]) -> None:
@@ -113,7 +114,7 @@ def test_rollout_walkthrough(served: tuple[str, Path]) -> None:
         "shadow 2 gets 0.5"
         in ortserve("models", "shadow", "set", "fraud", "2", "--share", "0.5", "--server", address).stdout
     )
-    shown = json.loads(ortserve("models", "show", "fraud", "--server", address).stdout)
+    shown = json.loads(ortserve("models", "show", "fraud", "--server", address, "--json").stdout)
     assert shown["aliases"] == {"production": 1}
     assert shown["traffic"]["weights"] == {"1": 90, "2": 10} and shown["traffic"]["sticky"]
     ortserve("models", "traffic", "clear", "fraud", "--server", address)
@@ -129,7 +130,8 @@ def test_rollout_walkthrough(served: tuple[str, Path]) -> None:
     assert refused.returncode == 1 and "used by alias 'production'" in refused.stderr
     assert "version 2 retired" in ortserve("models", "retire", "fraud", "2", "--server", address).stdout
     audit = ortserve("models", "audit", "fraud", "--server", address).stdout.splitlines()
-    actions = [line.split()[2] for line in audit]
+    assert audit[:2] == ["# audit log", "TIME (UTC)\tACTION\tMODEL\tVERSION\tACTOR\tCHANGE"]
+    actions = [line.split()[2] for line in audit[2:]]
     assert actions == [
         "retire",
         "rollback",

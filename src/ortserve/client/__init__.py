@@ -6,13 +6,14 @@ retries on UNAVAILABLE with backoff), TLS / mutual TLS and a bearer token.
 
 from ortserve.client.aio import AsyncClient
 from ortserve.client.channel import RetryPolicy
-from ortserve.client.client import Client, ModelInfo, Prediction, StreamMessageError, VersionInfo
+from ortserve.client.client import Batching, Client, ModelInfo, Prediction, StreamMessageError, VersionInfo
 from ortserve.client.rollout import AliasInfo, AuditEntry, ModelEvent, ShadowInfo, TrafficInfo
 
 __all__ = [
     "AliasInfo",
     "AsyncClient",
     "AuditEntry",
+    "Batching",
     "Client",
     "ModelEvent",
     "ModelInfo",

@@ -22,6 +22,7 @@ from ortserve.client.channel import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, PemSourc
 from ortserve.client.client import (
     CHUNK_BYTES,
     DEFAULT_RETRY,
+    Batching,
     Inputs,
     ModelInfo,
     Prediction,
@@ -193,6 +194,7 @@ class AsyncClient:
         load: bool = True,
         progress: Progress | None = None,
         timeout: float | None = None,
+        batching: Batching | None = None,
     ) -> VersionInfo:
         """See `Client.register`; the file is read off the event loop."""
         path = Path(path)
@@ -206,6 +208,7 @@ class AsyncClient:
             providers=providers,
             max_batch_size=max_batch_size,
             load=load,
+            batching=batching,
         )
 
         async def upload() -> AsyncIterator[rpb.RegisterModelRequest]:

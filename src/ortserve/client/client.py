@@ -80,6 +80,18 @@ class Prediction:
 
 
 @dataclass(frozen=True, slots=True)
+class Batching:
+    """Dynamic batching of a version. `max_batch_size` None: on when the model has a batch axis;
+    0 turns batching off. Zeros elsewhere take the server's defaults when registering."""
+
+    max_batch_size: int | None = None
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 0
+    max_concurrent_batches: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class VersionInfo:
     model: str
     version: int
@@ -95,6 +107,9 @@ class VersionInfo:
     created_by: str = ""
     create_time: datetime | None = None
     batch_axis: bool = False
+    # The version's provider preference and batching as registered (`providers` are the active ones).
+    preferred_providers: list[str] = field(default_factory=list)
+    batching: Batching = field(default_factory=Batching)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +186,33 @@ def version_info_of(v: mpb.ModelVersion) -> VersionInfo:
         created_by=v.created_by,
         create_time=v.create_time.ToDatetime() if v.HasField("create_time") else None,
         batch_axis=v.signature.batch_axis,
+        preferred_providers=[p.name for p in v.providers],
+        batching=batching_of(v.batching),
+    )
+
+
+def batching_of(b: mpb.BatchingConfig) -> Batching:
+    return Batching(
+        max_batch_size=b.max_batch_size if b.HasField("max_batch_size") else None,
+        max_queue_delay_us=b.max_queue_delay_us,
+        preferred_batch_sizes=tuple(b.preferred_batch_sizes),
+        max_queue_size=b.max_queue_size,
+        max_concurrent_batches=b.max_concurrent_batches,
+    )
+
+
+def batching_config(batching: Batching | None, max_batch_size: int | None) -> mpb.BatchingConfig | None:
+    """The manifest's batching: `batching` whole, or only `max_batch_size` (not both)."""
+    if batching is None:
+        return mpb.BatchingConfig(max_batch_size=max_batch_size) if max_batch_size is not None else None
+    if max_batch_size is not None:
+        raise ValueError("pass max_batch_size inside batching, not both")
+    return mpb.BatchingConfig(
+        max_batch_size=batching.max_batch_size,
+        max_queue_delay_us=batching.max_queue_delay_us,
+        preferred_batch_sizes=batching.preferred_batch_sizes,
+        max_queue_size=batching.max_queue_size,
+        max_concurrent_batches=batching.max_concurrent_batches,
     )
 
 
@@ -259,8 +301,8 @@ def register_manifest(
     providers: Sequence[str],
     max_batch_size: int | None,
     load: bool,
+    batching: Batching | None = None,
 ) -> rpb.RegisterManifest:
-    batching = mpb.BatchingConfig(max_batch_size=max_batch_size) if max_batch_size is not None else None
     return rpb.RegisterManifest(
         name=name,
         size_bytes=size,
@@ -268,7 +310,7 @@ def register_manifest(
         description=description,
         labels=dict(labels or {}),
         providers=[mpb.ExecutionProvider(name=p) for p in providers],
-        batching=batching,
+        batching=batching_config(batching, max_batch_size),
         load=load,
     )
 
@@ -430,10 +472,12 @@ class Client:
         load: bool = True,
         progress: Progress | None = None,
         timeout: float | None = None,
+        batching: Batching | None = None,
     ) -> VersionInfo:
         """Upload a model file in 1 MiB chunks as a new version; `progress(sent, total)` after each.
 
         With `load` the server that receives it loads and warms it up before answering.
+        `batching` sets every batching setting; `max_batch_size` alone is its shorthand.
         """
         path = Path(path)
         size, sha256 = file_sha256(path)
@@ -446,6 +490,7 @@ class Client:
             providers=providers,
             max_batch_size=max_batch_size,
             load=load,
+            batching=batching,
         )
         response = self._registry.RegisterModel(
             _upload(manifest, path, progress), timeout=timeout, metadata=self._metadata
