@@ -5,6 +5,7 @@
 #   - Java: a JDK, Debian's grpc-java jars and grpc_java_plugin (no Maven/Gradle)
 #   - Node: the npm dependencies of clients/node (npm ci from the committed lock file)
 #   - promtool (Debian's prometheus package), which checks deploy/monitoring's alert rules
+#   - Chromium (Debian's), which the web console's browser tests drive headless
 # Meant for Debian 12 (bookworm), run as root (or with sudo available), non-interactively.
 set -euo pipefail
 
@@ -37,6 +38,8 @@ apt_packages=(
   libguava-java
   # promtool for deploy/monitoring (tests/integration/test_monitoring.py); about 5 s to install
   prometheus
+  # Chromium for the web console's browser tests (tests/console): Playwright drives it, downloads none
+  chromium
 )
 
 if [ "$(id -u)" -eq 0 ]; then

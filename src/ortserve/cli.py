@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -216,13 +217,22 @@ def _add_models(sub: Any) -> None:
 
 def _client_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default=DEFAULT_SERVER)
+    _token_flag(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _token_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("ORTSERVE_TOKEN") or None,
+        help="bearer token for a server with tokens configured (default: $ORTSERVE_TOKEN)",
+    )
 
 
 def _client(args: argparse.Namespace) -> Any:
     from ortserve.client import Client
 
-    return Client(args.server)
+    return Client(args.server, token=args.token)
 
 
 def _models_register(args: argparse.Namespace) -> int:
@@ -310,6 +320,7 @@ def _add_predict(sub: Any) -> None:
     )
     p.add_argument("--version", default="")
     p.add_argument("--server", default=DEFAULT_SERVER)
+    _token_flag(p)
     p.add_argument("--timeout", type=float, default=30.0)
     p.set_defaults(run=_predict)
 

@@ -136,6 +136,11 @@ class ServerConfig:
     # S3 endpoint (MinIO, Ceph, R2, a local server) and region; empty: AWS_ENDPOINT_URL, AWS_REGION or AWS's.
     s3_endpoint_url: str = ""
     s3_region: str = ""
+    # The web console at / on the metrics port (metrics stay at /metrics).
+    console: bool = True
+    # Let the console promote, roll back, set traffic and shadow, and retire without tokens configured
+    # (then anyone who reaches the metrics port may); with tokens, its actions need an admin token.
+    console_actions: bool = False
 
     def __post_init__(self) -> None:
         for name, (low, high) in _RANGES.items():

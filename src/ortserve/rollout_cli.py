@@ -91,7 +91,7 @@ def _add_alias(msub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
 def _run(args: argparse.Namespace, action: Callable[[argparse.Namespace, Any], str | None]) -> int:
     from ortserve.client import Client
 
-    with Client(args.server) as client:
+    with Client(args.server, token=args.token) as client:
         text = action(args, client)
     if text is not None:
         print(text)

@@ -3,6 +3,7 @@ no token, an infer token and an admin token on a real server."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -172,3 +173,20 @@ async def test_the_audit_log_names_the_hashed_token_that_made_a_change(
             await reader.set_shadow("linear", "1", 0.5)
     assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "token 'infer-1' has the infer scope" in str(denied.value.details())
+
+
+async def test_the_cli_sends_its_token(
+    guarded: Guarded, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ortserve.cli import main
+
+    listing = ["models", "list", "--server", guarded.address, "--json"]
+    assert await asyncio.to_thread(main, listing) == 1  # no token: one line naming the cause
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, [*listing, "--token", INFER_SECRET]) == 0
+    assert "linear" in capsys.readouterr().out
+    monkeypatch.setenv("ORTSERVE_TOKEN", INFER_SECRET)  # read when the parser is built
+    promote = ["models", "promote", "linear", "1", "--server", guarded.address]
+    assert await asyncio.to_thread(main, promote) == 1
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, [*promote, "--token", ADMIN_SECRET]) == 0

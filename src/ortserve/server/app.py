@@ -14,7 +14,7 @@ import structlog
 from ortserve.config import ServerConfig
 from ortserve.errors import Unavailable
 from ortserve.model_dir import register_model_dir
-from ortserve.server.deps import Components, build_server, server_credentials
+from ortserve.server.deps import Components, build_http, build_server, server_credentials
 
 log = structlog.get_logger(__name__)
 
@@ -25,6 +25,7 @@ class OrtServer:
     def __init__(self, config: ServerConfig, tracer_provider: Any = None) -> None:
         self.config = config
         self.parts: Components = build_server(config, tracer_provider)
+        self.http = build_http(self.parts)
         self.port = 0
         self.metrics_port = 0
 
@@ -45,7 +46,7 @@ class OrtServer:
         except RuntimeError as exc:
             raise Unavailable(f"cannot listen on {address}: {exc}") from exc
         await parts.control.start()
-        self.metrics_port = parts.metrics.serve(self.config.host, self.config.metrics_port)
+        self.metrics_port = await self.http.start(self.config.host, self.config.metrics_port)
         await parts.server.start()
         await parts.health.serving()
         log.info("server_started", address=f"{self.config.host}:{self.port}", metrics_port=self.metrics_port)
@@ -56,10 +57,10 @@ class OrtServer:
         parts = self.parts
         await parts.health.shutting_down()
         await parts.server.stop(self.config.grace_period_s if grace_s is None else grace_s)
+        await self.http.close()
         await parts.core.aclose()
         await parts.control.aclose()
         parts.executor.shutdown(wait=True)
-        await asyncio.to_thread(parts.metrics.close)
         if parts.tracer_provider is not None:  # flush the spans still batched for export
             await asyncio.to_thread(parts.tracer_provider.shutdown)
         log.info("server_stopped")

@@ -56,6 +56,9 @@ INFER_METHODS = frozenset(
         f"{_OIP}ModelConfig",
         f"{_OIP}ModelStatistics",
         f"{_OIP}RepositoryIndex",
+        f"{_OIP}SystemSharedMemoryRegister",
+        f"{_OIP}SystemSharedMemoryStatus",
+        f"{_OIP}SystemSharedMemoryUnregister",
     }
 )
 
@@ -126,14 +129,23 @@ class TokenAuth:
         secret = _bearer(context)
         if secret is None:
             raise Unauthenticated(f"{method} needs an 'authorization: Bearer <token>' header")
+        CALLER.set(self.authorize(method, self.authenticate(secret)).name)
+
+    def authenticate(self, secret: bytes) -> Token:
+        """The configured token whose secret is `secret` (the console signs in with it)."""
         token = self._find(_digest(secret))
         if token is None:
             raise Unauthenticated("the bearer token is not valid")
+        return token
+
+    def authorize(self, method: str, token: Token) -> Token:
+        """Raise unless `token` may call `method` (the console checks each page and action so)."""
+        needed = required_scope(method, reflection_public=self._reflection_public)
         if needed is Scope.ADMIN and token.scope is not Scope.ADMIN:
             raise PermissionDenied(
                 f"{method} needs a token with the admin scope; token {token.name!r} has the infer scope"
             )
-        CALLER.set(token.name)
+        return token
 
     def _find(self, digest: bytes) -> Token | None:
         found = None

@@ -20,6 +20,7 @@ from ortserve.api.inference import grpc_service_pb2_grpc as oip_grpc
 from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
 from ortserve.config import ServerConfig
+from ortserve.console import Console
 from ortserve.control import ControlPlane
 from ortserve.registry.db import make_engine, upgrade
 from ortserve.registry.notify import listen_url
@@ -32,6 +33,7 @@ from ortserve.server.auth import TokenAuth
 from ortserve.server.errors import code_of
 from ortserve.server.failures import BoundedLog, Failures
 from ortserve.server.health import Health
+from ortserve.server.http import HttpServer
 from ortserve.server.inference_servicer import InferenceServicer
 from ortserve.server.interceptors import RpcInterceptor
 from ortserve.server.metrics import Metrics
@@ -163,6 +165,17 @@ def _rpc_tracing(tracer_provider: Any) -> Any:
     return RpcTracing(tracer_provider.get_tracer("ortserve.rpc"))
 
 
+def build_http(parts: Components) -> HttpServer:
+    """The HTTP port: /metrics, and the console over the same control plane and tokens when enabled."""
+    config = parts.config
+    console = None
+    if config.console:
+        shadows = parts.core.shadows
+        auth = _auth(config)
+        console = Console(parts.control, shadows, parts.metrics, auth, actions=config.console_actions)
+    return HttpServer(parts.metrics.registry, console)
+
+
 def _auth(config: ServerConfig) -> TokenAuth | None:
     if not config.auth_enabled:
         return None
@@ -193,4 +206,4 @@ def _add_health_and_reflection(server: aio.Server, health: Health, config: Serve
         )
 
 
-__all__ = ["Components", "build_server"]
+__all__ = ["Components", "build_http", "build_server"]

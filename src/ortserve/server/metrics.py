@@ -1,14 +1,12 @@
-"""Prometheus metrics on their own port; one registry per server so tests can build several."""
+"""Prometheus metrics, served at /metrics by server/http.py; one registry per server for tests."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ortserve.errors import NotFound
@@ -68,8 +66,6 @@ class Metrics:
 
         self.shadow = ShadowMetrics(r)
         self.loop_tasks = LoopTasks(r)
-        self._http: WSGIServer | None = None
-        self._http_thread = threading.Thread()
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         self.rpc_total.labels(method, code).inc()
@@ -87,19 +83,6 @@ class Metrics:
     def watch_pool(self, pool: ModelPool) -> None:
         """Publish the pool's versions (state, memory, queue capacity) and registry revision."""
         self.registry.register(PoolCollector(pool))
-
-    def serve(self, host: str, port: int) -> int:
-        """Start the HTTP endpoint; return its bound port (0 picks a free one)."""
-        self._http, self._http_thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(self._http.server_port)
-
-    def close(self) -> None:
-        """Stop the HTTP endpoint and free its port."""
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http_thread.join(5)
-            self._http = None
 
 
 class VersionMetrics:
