@@ -146,6 +146,7 @@ def _register(registry: Registry, candidate: Candidate, known: dict[str, set[str
             labels={"model_dir.version": candidate.label} if candidate.label else None,
             batching=candidate.batching,
             created_by=CREATED_BY,
+            reuse_identical=True,  # another replica may be registering the same file right now
         )
     except (InvalidInput, ResourceExhausted, OSError) as exc:
         # A registry that cannot be reached is not the file's fault: that fails the start.
