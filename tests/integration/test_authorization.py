@@ -54,6 +54,9 @@ INFER = {
         "ModelConfig",
         "ModelStatistics",
         "RepositoryIndex",
+        "SystemSharedMemoryRegister",
+        "SystemSharedMemoryStatus",
+        "SystemSharedMemoryUnregister",
     },
     "grpc.reflection.v1alpha.ServerReflection": {"ServerReflectionInfo"},
 }

@@ -85,6 +85,7 @@ async def test_tritonclient_against_ortserve(report: dict[str, Any]) -> None:
     check_statistics(report["statistics"])
     check_errors(report["errors"])
     check_repository(report["repository"])
+    check_shared_memory(report["shared_memory"])
 
 
 def check_health(health: dict[str, Any]) -> None:
@@ -92,7 +93,9 @@ def check_health(health: dict[str, Any]) -> None:
     assert health["ready"] is True
     assert health["server_name"] == "ortserve"
     assert health["server_version"]
-    assert {"model_repository", "model_configuration", "statistics"} <= set(health["extensions"])
+    assert {"model_repository", "model_configuration", "statistics", "system_shared_memory"} <= set(
+        health["extensions"]
+    )
     assert health["model_ready"] is True
     assert health["model_ready_v1"] is True
     assert health["model_ready_v9"] is False
@@ -189,3 +192,17 @@ def check_repository(repo: dict[str, Any]) -> None:
     assert repo["old_v1_ready"] is True
     after = {(m["name"], m["version"]): m["state"] for m in repo["index_after_upload"]}
     assert after[("add-fp32", "2")] == "READY"
+
+
+def check_shared_memory(section: dict[str, Any]) -> None:
+    regions = section["status"]["regions"]
+    assert set(regions) == {"in", "out"}
+    assert regions["in"]["key"].endswith("-in")
+    assert int(regions["in"]["byte_size"]) == 64
+    assert section["equal"] is True  # z = a + b read back from the output region
+    assert section["raw_outputs"] == 0  # an output written into a region is not sent over gRPC
+    assert section["mixed_equal"] is True
+    after = section["after_unregister"]
+    assert after["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "shared memory region 'in' is not registered" in after["message"]
+    assert section["status_after"].get("regions", {}) == {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
 RNG = np.random.default_rng(7)
@@ -201,6 +203,45 @@ def errors(client: grpcclient.InferenceServerClient) -> dict[str, Any]:
     }
 
 
+def shared_memory(client: grpcclient.InferenceServerClient) -> dict[str, Any]:
+    """tritonclient's own helpers: inputs and the output in system shared memory, then unregister.
+
+    Runs after repository(), which made version 2 of add-fp32 [N, 2]: these requests pin version 1.
+    """
+    a, b = RNG.random((2, 4), dtype=np.float32), RNG.random((2, 4), dtype=np.float32)
+    key = f"/ortserve-tc-{os.getpid()}"
+    inputs_region = shm.create_shared_memory_region("in", f"{key}-in", a.nbytes * 2)
+    output_region = shm.create_shared_memory_region("out", f"{key}-out", a.nbytes)
+    try:
+        shm.set_shared_memory_region(inputs_region, [a, b])
+        client.register_system_shared_memory("in", f"{key}-in", a.nbytes * 2)
+        client.register_system_shared_memory("out", f"{key}-out", a.nbytes)
+        status = client.get_system_shared_memory_status(as_json=True)
+        inputs = [grpcclient.InferInput(n, [2, 4], "FP32") for n in ("a", "b")]
+        inputs[0].set_shared_memory("in", a.nbytes)
+        inputs[1].set_shared_memory("in", b.nbytes, offset=a.nbytes)
+        output = grpcclient.InferRequestedOutput("z")
+        output.set_shared_memory("out", a.nbytes)
+        result = client.infer("add-fp32", inputs, model_version="1", outputs=[output])
+        z = shm.get_contents_as_numpy(output_region, np.float32, list(result.get_output("z").shape))
+        mixed = inputs_of({"b": b}, "FP32")  # a from shared memory, b and z over gRPC
+        mixed_result = client.infer("add-fp32", [inputs[0], *mixed], model_version="1")
+        client.unregister_system_shared_memory("in")
+        after = error_of(lambda: client.infer("add-fp32", inputs, model_version="1"))
+        client.unregister_system_shared_memory()
+        return {
+            "status": status,
+            "equal": bool(np.array_equal(z, a + b)),
+            "raw_outputs": len(result.get_response().raw_output_contents),
+            "mixed_equal": bool(np.array_equal(mixed_result.as_numpy("z"), a + b)),
+            "after_unregister": after,
+            "status_after": client.get_system_shared_memory_status(as_json=True),
+        }
+    finally:
+        shm.destroy_shared_memory_region(inputs_region)
+        shm.destroy_shared_memory_region(output_region)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
@@ -216,6 +257,7 @@ def main() -> int:
             "statistics": statistics(client),
             "errors": errors(client),
             "repository": repository(client, args.upload),
+            "shared_memory": shared_memory(client),
         }
     finally:
         client.close()

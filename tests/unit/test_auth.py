@@ -13,7 +13,7 @@ from ortserve.server.auth import Scope, TokenAuth, parse_tokens, required_scope,
 
 def test_a_method_nobody_listed_needs_admin() -> None:
     assert required_scope("/ortserve.api.v1.RegistryService/SomethingNew") is Scope.ADMIN
-    assert required_scope("/inference.GRPCInferenceService/SystemSharedMemoryRegister") is Scope.ADMIN
+    assert required_scope("/inference.GRPCInferenceService/CudaSharedMemoryRegister") is Scope.ADMIN
     assert required_scope("/ortserve.api.v1.RegistryService/SetShadow") is Scope.ADMIN
     assert required_scope("/ortserve.api.v1.InferenceService/Predict") is Scope.INFER
     assert required_scope("/grpc.health.v1.Health/Check") is Scope.OPEN

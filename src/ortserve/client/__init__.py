@@ -6,7 +6,15 @@ retries on UNAVAILABLE with backoff), TLS / mutual TLS and a bearer token.
 
 from ortserve.client.aio import AsyncClient
 from ortserve.client.channel import RetryPolicy
-from ortserve.client.client import Batching, Client, ModelInfo, Prediction, StreamMessageError, VersionInfo
+from ortserve.client.client import (
+    Batching,
+    Client,
+    ModelInfo,
+    Prediction,
+    SharedTensor,
+    StreamMessageError,
+    VersionInfo,
+)
 from ortserve.client.rollout import AliasInfo, AuditEntry, ModelEvent, ShadowInfo, TrafficInfo
 
 __all__ = [
@@ -20,6 +28,7 @@ __all__ = [
     "Prediction",
     "RetryPolicy",
     "ShadowInfo",
+    "SharedTensor",
     "StreamMessageError",
     "TrafficInfo",
     "VersionInfo",

@@ -57,7 +57,33 @@ _DTYPE_OF_ENUM = {
 }
 _ENUM_OF_DTYPE = {d: e for e, d in _DTYPE_OF_ENUM.items()}
 
-Inputs = Mapping[str, npt.ArrayLike]
+
+@dataclass(frozen=True, slots=True)
+class SharedTensor:
+    """An input whose bytes are in a shared memory region registered with `register_shared_memory`.
+
+    Write the array's bytes (C order, little-endian) at `offset` of the region first, e.g.
+    `np.ndarray(shape, dtype, buffer=shm.buf, offset=offset)[...] = array` over a
+    `multiprocessing.shared_memory.SharedMemory`; the server reads them without a copy.
+    """
+
+    region: str
+    shape: tuple[int, ...]
+    dtype: npt.DTypeLike
+    offset: int = 0
+
+    def to_tensor(self, name: str) -> tpb.Tensor:
+        dtype = np.dtype(self.dtype)
+        byte_size = int(np.prod(self.shape, dtype=np.int64)) * dtype.itemsize
+        return tpb.Tensor(
+            name=name,
+            data_type=_ENUM_OF_DTYPE[dtypes.of_array(np.empty(0, dtype))],
+            shape=self.shape,
+            shared_memory=tpb.SharedMemoryRef(region=self.region, offset=self.offset, byte_size=byte_size),
+        )
+
+
+Inputs = Mapping[str, "npt.ArrayLike | SharedTensor"]
 Progress = Callable[[int, int], None]
 
 
@@ -138,7 +164,9 @@ class StreamMessageError(Exception):
         return next((s for s in grpc.StatusCode if s.value[0] == self.code), None)
 
 
-def to_tensor(name: str, array: npt.ArrayLike) -> tpb.Tensor:
+def to_tensor(name: str, array: npt.ArrayLike | SharedTensor) -> tpb.Tensor:
+    if isinstance(array, SharedTensor):
+        return array.to_tensor(name)
     array = np.asarray(array)
     return tpb.Tensor(
         name=name,
@@ -419,6 +447,38 @@ class Client:
         )
         response = self._inference.Predict(request, timeout=self._deadline(timeout), metadata=self._metadata)
         return prediction_of(response)
+
+    def register_shared_memory(
+        self, name: str, key: str, byte_size: int, offset: int = 0, *, timeout: float | None = None
+    ) -> None:
+        """Register `byte_size` bytes at `offset` of the POSIX shared memory object `key` ("/name")
+        as region `name`, for this client's token; inputs then name it with `SharedTensor`.
+
+        The server must run on the same host. Regions are the Open Inference Protocol's system
+        shared memory: tritonclient's helpers and `ortserve.client` share them.
+        """
+        from ortserve.api.inference import grpc_service_pb2 as oip  # not at import: clashes with tritonclient
+
+        request = oip.SystemSharedMemoryRegisterRequest(
+            name=name, key=key, offset=offset, byte_size=byte_size
+        )
+        self._oip().SystemSharedMemoryRegister(
+            request, timeout=self._deadline(timeout), metadata=self._metadata
+        )
+
+    def unregister_shared_memory(self, name: str = "", *, timeout: float | None = None) -> None:
+        """Unregister region `name`, or every region of this client's token with an empty name."""
+        from ortserve.api.inference import grpc_service_pb2 as oip
+
+        request = oip.SystemSharedMemoryUnregisterRequest(name=name)
+        self._oip().SystemSharedMemoryUnregister(
+            request, timeout=self._deadline(timeout), metadata=self._metadata
+        )
+
+    def _oip(self) -> Any:
+        from ortserve.api.inference import grpc_service_pb2_grpc as oip_grpc
+
+        return oip_grpc.GRPCInferenceServiceStub(self._channel)
 
     def predict_stream(
         self,

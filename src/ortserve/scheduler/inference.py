@@ -17,6 +17,7 @@ from ortserve.runtime.signature import Signature, check_feeds
 from ortserve.scheduler.calls import PredictCall, PredictResult
 from ortserve.scheduler.pool import ModelPool, VersionSlot
 from ortserve.scheduler.shadow import NullShadowObserver, ShadowObserver, ShadowStats
+from ortserve.scheduler.shm import SharedMemoryRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +42,8 @@ class InferenceCore:
         self._shadow_observer = shadow_observer or NullShadowObserver()
         self.shadows: dict[str, ShadowStats] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        # System shared memory regions of the callers (OIP extension); unmapped in aclose.
+        self.shared_memory = SharedMemoryRegistry()
 
     async def predict(self, call: PredictCall) -> PredictResult:
         deadline = _deadline(call.timeout_s)
@@ -134,6 +137,7 @@ class InferenceCore:
         for task in list(self._shadow_tasks):
             task.cancel()
         await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
+        self.shared_memory.close()
 
 
 def _wanted_outputs(signature: Signature, wanted: Sequence[str], model: str) -> list[str]:

@@ -32,6 +32,7 @@ from ortserve.runtime.signature import Signature, TensorSpec
 from ortserve.scheduler.calls import PredictCall, PredictResult
 from ortserve.scheduler.events import ModelEvent
 from ortserve.scheduler.shadow import ShadowStats
+from ortserve.scheduler.shm import RegionLookup
 
 _ENUM_BY_DTYPE = {
     d: tpb.DataType.Value("DATA_TYPE_" + ("STRING" if d is dtypes.BYTES else d.name)) for d in dtypes.ALL
@@ -39,22 +40,46 @@ _ENUM_BY_DTYPE = {
 _DTYPE_BY_ENUM = {v: k for k, v in _ENUM_BY_DTYPE.items()}
 
 
-def array_from_tensor(tensor: tpb.Tensor, model: str) -> np.ndarray:
+def array_from_tensor(tensor: tpb.Tensor, model: str, regions: RegionLookup | None = None) -> np.ndarray:
+    """The input's array: over `raw_data`, or over a shared memory region of the caller (no copy)."""
     what = f"model {model!r} input {tensor.name!r}"
     dtype = _DTYPE_BY_ENUM.get(tensor.data_type)
     if dtype is None:
         raise InvalidInput(f"{what}: data_type {tensor.data_type} is not a supported DataType")
+    if tensor.HasField("shared_memory"):
+        return _shared_array(tensor, dtype, regions, what)
     return tensors.decode(tensor.raw_data, dtype, tensor.shape, what, text=True)
 
 
-def predict_call(request: ipb.PredictRequest, timeout_s: float | None) -> PredictCall:
+def _shared_array(
+    tensor: tpb.Tensor, dtype: dtypes.DType, regions: RegionLookup | None, what: str
+) -> np.ndarray:
+    ref = tensor.shared_memory
+    if tensor.raw_data:
+        raise InvalidInput(f"{what} has both raw_data and shared_memory; send one")
+    if not ref.region:
+        raise InvalidInput(f"{what}: shared_memory.region is empty")
+    if regions is None:
+        raise InvalidInput(f"{what}: shared memory is not available here")
+    return regions(ref.region).decode(
+        lambda data: tensors.decode(data, dtype, tensor.shape, what, text=True),  # type: ignore[arg-type]
+        ref.offset,
+        ref.byte_size,
+        what,
+    )
+
+
+def predict_call(
+    request: ipb.PredictRequest, timeout_s: float | None, regions: RegionLookup | None = None
+) -> PredictCall:
+    """The core's call; `regions` finds the caller's shared memory regions that inputs may name."""
     if not request.model:
         raise InvalidInput("request names no model")
     feeds: dict[str, np.ndarray] = {}
     for tensor in request.inputs:
         if tensor.name in feeds:
             raise InvalidInput(f"model {request.model!r} input {tensor.name!r} is given twice")
-        feeds[tensor.name] = array_from_tensor(tensor, request.model)
+        feeds[tensor.name] = array_from_tensor(tensor, request.model, regions)
     if request.timeout_us:
         own = request.timeout_us / 1e6
         timeout_s = own if timeout_s is None else min(own, timeout_s)

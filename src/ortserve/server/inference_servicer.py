@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.scheduler.inference import InferenceCore
+from ortserve.scheduler.shm import Region
 from ortserve.server import convert
+from ortserve.server.auth import CALLER
 from ortserve.server.failures import Failures
 from ortserve.server.rpc import Context
 from ortserve.server.streams import ordered_answers
@@ -22,8 +24,14 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
         self._failures = failures
 
     async def Predict(self, request: ipb.PredictRequest, context: Context) -> ipb.PredictResponse:
-        result = await self._core.predict(convert.predict_call(request, context.time_remaining()))
+        result = await self._core.predict(
+            convert.predict_call(request, context.time_remaining(), self._region)
+        )
         return convert.predict_response(result)
+
+    def _region(self, name: str) -> Region:
+        """The calling token's shared memory region `name` (registered through the OIP RPCs)."""
+        return self._core.shared_memory.region(CALLER.get(), name)
 
     async def PredictStream(
         self, request_iterator: AsyncIterator[ipb.PredictStreamRequest], context: Context
@@ -33,7 +41,7 @@ class InferenceServicer(ipb_grpc.InferenceServiceServicer):
 
     async def _answer(self, message: ipb.PredictStreamRequest) -> ipb.PredictStreamResponse:
         try:
-            result = await self._core.predict(convert.predict_call(message.request, None))
+            result = await self._core.predict(convert.predict_call(message.request, None, self._region))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -1,14 +1,18 @@
 """Open Inference Protocol (Triton/KServe v2) messages to and from the core's numpy calls and records.
 
 Inputs come either all in `raw_input_contents` (entry i is input i) or all in typed `contents`;
-replies always use `raw_output_contents`, which is all tritonclient reads. Tables are built once at
-import; the request path does one dict lookup per input and decodes raw data with `np.frombuffer`.
+replies always use `raw_output_contents`, which is all tritonclient reads. Inputs and outputs with
+the `shared_memory_region` parameter live in a registered system shared memory region instead
+(scheduler/shm.py): such inputs take no `raw_input_contents` entry, such outputs get none.
+Tables are built once at import; the request path does one dict lookup per input and decodes raw
+data with `np.frombuffer`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,11 +26,15 @@ from ortserve.registry.records import ModelVersionRecord, VersionState
 from ortserve.runtime.signature import Signature, TensorSpec
 from ortserve.scheduler.calls import PredictCall, PredictResult
 from ortserve.scheduler.pool import VersionSlot, batcher_config
+from ortserve.scheduler.shm import Region, RegionLookup
 from ortserve.scheduler.stats import Duration, VersionStats
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 FINAL_RESPONSE = "triton_final_response"
+SHM_REGION = "shared_memory_region"
+SHM_OFFSET = "shared_memory_offset"
+SHM_BYTE_SIZE = "shared_memory_byte_size"
 GPU_PROVIDERS = frozenset(
     {
         "CUDAExecutionProvider",
@@ -76,16 +84,50 @@ def _what(model: str, name: str) -> str:
     return f"model {model!r} input {name!r}"
 
 
+@dataclass(frozen=True, slots=True)
+class ShmPlace:
+    """Where a tensor's bytes are: `byte_size` bytes at `offset` of a registered region."""
+
+    region: Region
+    offset: int
+    byte_size: int
+
+
+def _shm_place(
+    params: Mapping[str, pb.InferParameter], regions: RegionLookup | None, what: str
+) -> ShmPlace | None:
+    """The shared memory place `params` name, or None when they name no region."""
+    if not params or SHM_REGION not in params:
+        return None
+    region_name = params[SHM_REGION].string_param
+    if not region_name:
+        raise InvalidInput(f"{what}: parameter {SHM_REGION!r} must be a non-empty string")
+    if SHM_BYTE_SIZE not in params:
+        raise InvalidInput(f"{what}: shared memory needs the parameter {SHM_BYTE_SIZE!r}")
+    if regions is None:
+        raise InvalidInput(f"{what}: shared memory is not available here")
+    region = regions(region_name)
+    return ShmPlace(region, _int_param(params, SHM_OFFSET, what), _int_param(params, SHM_BYTE_SIZE, what))
+
+
 # -- ModelInfer: request -> PredictCall ------------------------------------------------------------
 
 
-def predict_call(request: pb.ModelInferRequest, timeout_s: float | None) -> PredictCall:
-    """The core's call for `request`; `timeout_s` is the gRPC deadline's remaining time, if any."""
+def predict_call(
+    request: pb.ModelInferRequest, timeout_s: float | None, regions: RegionLookup | None = None
+) -> PredictCall:
+    """The core's call for `request`; `timeout_s` is the gRPC deadline's remaining time, if any.
+
+    `regions` finds the caller's shared memory regions that inputs may name.
+    """
     model = request.model_name
     if not model:
         raise InvalidInput("request names no model")
     raw = request.raw_input_contents
-    feeds = _raw_feeds(request, raw) if raw else _typed_feeds(request)
+    if any(t.parameters and SHM_REGION in t.parameters for t in request.inputs):
+        feeds = _shared_feeds(request, raw, regions)
+    else:
+        feeds = _raw_feeds(request, raw) if raw else _typed_feeds(request)
     priority = 0
     if request.parameters:
         priority, timeout_s = _request_options(request.parameters, model, timeout_s)
@@ -108,36 +150,67 @@ def _raw_feeds(request: pb.ModelInferRequest, raw: Sequence[bytes]) -> dict[str,
         )
     feeds: dict[str, np.ndarray] = {}
     for tensor, data in zip(inputs, raw, strict=True):
-        name = tensor.name
-        if tensor.HasField("contents"):
-            raise InvalidInput(
-                f"{_what(model, name)} has typed contents while the request uses raw_input_contents; "
-                "send all inputs raw or all typed"
-            )
-        _add(
-            feeds,
-            name,
-            tensors.decode(data, _dtype(tensor, model), tensor.shape, _what(model, name), text=True),
-            model,
-        )
+        _add(feeds, tensor.name, _raw_array(tensor, data, model), model)
     return feeds
+
+
+def _raw_array(
+    tensor: pb.ModelInferRequest.InferInputTensor, data: bytes | memoryview, model: str
+) -> np.ndarray:
+    name = tensor.name
+    if tensor.HasField("contents"):
+        raise InvalidInput(
+            f"{_what(model, name)} has typed contents while the request uses raw_input_contents; "
+            "send all inputs raw or all typed"
+        )
+    what = _what(model, name)
+    return tensors.decode(data, _dtype(tensor, model), tensor.shape, what, text=True)  # type: ignore[arg-type]
 
 
 def _typed_feeds(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     model = request.model_name
     feeds: dict[str, np.ndarray] = {}
     for tensor in request.inputs:
-        dtype = _dtype(tensor, model)
-        if not tensor.HasField("contents") and math.prod(tensor.shape) != 0:
-            raise InvalidInput(
-                f"{_what(model, tensor.name)} carries no data: set its contents or send raw_input_contents"
-            )
-        _add(
-            feeds,
-            tensor.name,
-            array_from_contents(tensor.contents, dtype, tuple(tensor.shape), model, tensor.name),
-            model,
+        _add(feeds, tensor.name, _typed_array(tensor, model), model)
+    return feeds
+
+
+def _typed_array(tensor: pb.ModelInferRequest.InferInputTensor, model: str) -> np.ndarray:
+    dtype = _dtype(tensor, model)
+    if not tensor.HasField("contents") and math.prod(tensor.shape) != 0:
+        raise InvalidInput(
+            f"{_what(model, tensor.name)} carries no data: set its contents or send raw_input_contents"
         )
+    return array_from_contents(tensor.contents, dtype, tuple(tensor.shape), model, tensor.name)
+
+
+def _shared_feeds(
+    request: pb.ModelInferRequest, raw: Sequence[bytes], regions: RegionLookup | None
+) -> dict[str, np.ndarray]:
+    """Inputs of which some are in shared memory: the others are all raw (in order) or all typed.
+
+    An input in shared memory is a read-only array over the region's mapping, without a copy.
+    """
+    model, inputs = request.model_name, request.inputs
+    places = [_shm_place(t.parameters, regions, _what(model, t.name)) for t in inputs]
+    if raw and len(raw) != places.count(None):
+        raise InvalidInput(
+            f"model {model!r}: {len(raw)} raw_input_contents for {places.count(None)} inputs not in "
+            "shared memory; send one per such input, in the order of the inputs"
+        )
+    pending = iter(raw)
+    feeds: dict[str, np.ndarray] = {}
+    for tensor, place in zip(inputs, places, strict=True):
+        if place is not None:
+            array = place.region.decode(
+                lambda data: _raw_array(tensor, data, model),  # noqa: B023 (called at once)
+                place.offset,
+                place.byte_size,
+                _what(model, tensor.name),
+            )
+        else:
+            array = _raw_array(tensor, next(pending), model) if raw else _typed_array(tensor, model)
+        _add(feeds, tensor.name, array, model)
     return feeds
 
 
@@ -210,17 +283,30 @@ def _request_options(
     return priority, timeout_s
 
 
-def _int_param(params: Mapping[str, pb.InferParameter], key: str) -> int:
+def _int_param(params: Mapping[str, pb.InferParameter], key: str, where: str = "request") -> int:
     if key not in params:
         return 0
     param = params[key]
     kind = param.WhichOneof("parameter_choice")
     if kind not in ("int64_param", "uint64_param"):
-        raise InvalidInput(f"request parameter {key!r} must be an int64 or uint64, got {kind or 'nothing'}")
+        raise InvalidInput(f"{where} parameter {key!r} must be an int64 or uint64, got {kind or 'nothing'}")
     value = int(getattr(param, kind))
     if value < 0:
-        raise InvalidInput(f"request parameter {key!r} must be >= 0, got {value}")
+        raise InvalidInput(f"{where} parameter {key!r} must be >= 0, got {value}")
     return value
+
+
+def output_places(request: pb.ModelInferRequest, regions: RegionLookup | None) -> dict[str, ShmPlace]:
+    """The requested outputs to write into shared memory, by name (checked before the request runs)."""
+    places: dict[str, ShmPlace] = {}
+    for output in request.outputs:
+        if output.parameters:
+            what = f"model {request.model_name!r} output {output.name!r}"
+            place = _shm_place(output.parameters, regions, what)
+            if place is not None:
+                place.region.read(place.offset, place.byte_size, what)  # bounds check now
+                places[output.name] = place
+    return places
 
 
 def wants_final_flag(request: pb.ModelInferRequest) -> bool:
@@ -236,16 +322,29 @@ def wants_final_flag(request: pb.ModelInferRequest) -> bool:
 # -- ModelInfer: PredictResult -> response ---------------------------------------------------------
 
 
-def infer_response(result: PredictResult, request_id: str) -> pb.ModelInferResponse:
-    """Outputs as raw contents, plus the served version and its timing as response parameters."""
+def infer_response(
+    result: PredictResult, request_id: str, places: Mapping[str, ShmPlace] | None = None
+) -> pb.ModelInferResponse:
+    """Outputs as raw contents, plus the served version and its timing as response parameters.
+
+    Outputs in `places` are written into shared memory and get no raw contents; they come after
+    the others, so that output i still has raw_output_contents[i] (how tritonclient pairs them).
+    """
     response = pb.ModelInferResponse(
         model_name=result.model, model_version=str(result.version), id=request_id
     )
     outputs, raw = response.outputs, response.raw_output_contents
+    shared = []
     for name, array in result.outputs.items():
+        place = places.get(name) if places else None
+        if place is not None:
+            shared.append((name, array, place))
+            continue
         datatype = _NAME_BY_NUMPY.get(array.dtype) or dtypes.of_array(array).name
         outputs.add(name=name, datatype=datatype, shape=array.shape)
         raw.append(tensors.encode(array))
+    for name, array, place in shared:
+        _write_shared(response, name, array, place, result.model)
     timing, params = result.timing, response.parameters
     params["ortserve_version"].int64_param = result.version
     params["ortserve_queue_us"].int64_param = timing.queue_ns // 1000
@@ -253,6 +352,18 @@ def infer_response(result: PredictResult, request_id: str) -> pb.ModelInferRespo
     params["ortserve_batch_size"].int64_param = timing.batch_size
     params["ortserve_provider"].string_param = timing.provider
     return response
+
+
+def _write_shared(
+    response: pb.ModelInferResponse, name: str, array: np.ndarray, place: ShmPlace, model: str
+) -> None:
+    data = tensors.encode(array)
+    place.region.write(place.offset, place.byte_size, data, f"model {model!r} output {name!r}")
+    datatype = _NAME_BY_NUMPY.get(array.dtype) or dtypes.of_array(array).name
+    tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+    tensor.parameters[SHM_REGION].string_param = place.region.name
+    tensor.parameters[SHM_BYTE_SIZE].int64_param = len(data)
+    tensor.parameters[SHM_OFFSET].int64_param = place.offset
 
 
 def stream_error(
@@ -418,6 +529,7 @@ __all__ = [
     "model_config",
     "model_metadata",
     "model_statistics",
+    "output_places",
     "predict_call",
     "stream_error",
     "uploaded_model",

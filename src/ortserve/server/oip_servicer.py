@@ -20,14 +20,23 @@ from ortserve.registry.service import MAX_CHUNK_BYTES
 from ortserve.scheduler.inference import InferenceCore
 from ortserve.scheduler.pool import VersionSlot
 from ortserve.scheduler.routing import is_number
+from ortserve.scheduler.shm import Region
 from ortserve.server import oip_convert as convert
+from ortserve.server.auth import CALLER
 from ortserve.server.failures import Failures
 from ortserve.server.rpc import Context
 from ortserve.server.streams import ordered_answers
 
 SERVER_NAME = "ortserve"
 STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
-EXTENSIONS = ("model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters")
+EXTENSIONS = (
+    "model_repository",
+    "model_configuration",
+    "system_shared_memory",
+    "statistics",
+    "binary_tensor_data",
+    "parameters",
+)
 
 
 class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -38,6 +47,7 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._failures = failures
         self._pool = core.pool
         self._control = control
+        self._shm = core.shared_memory
         self._metadata = pb.ServerMetadataResponse(
             name=SERVER_NAME, version=importlib.metadata.version("ortserve"), extensions=EXTENSIONS
         )
@@ -99,8 +109,13 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- inference -------------------------------------------------------------------------------
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        result = await self._core.predict(convert.predict_call(request, context.time_remaining()))
-        return convert.infer_response(result, request.id)
+        call = convert.predict_call(request, context.time_remaining(), self._region)
+        places = convert.output_places(request, self._region) if request.outputs else None
+        return convert.infer_response(await self._core.predict(call), request.id, places)
+
+    def _region(self, name: str) -> Region:
+        """The calling token's region `name` (one owner "" without tokens)."""
+        return self._shm.region(CALLER.get(), name)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
@@ -117,13 +132,15 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _stream_answer(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
         final_flag = convert.wants_final_flag(request)
         try:
-            result = await self._core.predict(convert.predict_call(request, None))
+            call = convert.predict_call(request, None, self._region)
+            places = convert.output_places(request, self._region) if request.outputs else None
+            response = convert.infer_response(await self._core.predict(call), request.id, places)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             message = self._failures.stream_message(STREAM_METHOD, exc)[1]
             return convert.stream_error(request, message, final_flag)
-        answer = pb.ModelStreamInferResponse(infer_response=convert.infer_response(result, request.id))
+        answer = pb.ModelStreamInferResponse(infer_response=response)
         if final_flag:
             answer.infer_response.parameters[convert.FINAL_RESPONSE].bool_param = True
         return answer
@@ -187,6 +204,34 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise InvalidInput("request names no model")
         await self._control.unload(request.model_name, 0)
         return pb.RepositoryModelUnloadResponse()
+
+    # -- system shared memory --------------------------------------------------------------------
+
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Context
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self._shm.register(CALLER.get(), request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Context
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        """The caller's regions; a name that is not registered is NOT_FOUND."""
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self._shm.status(CALLER.get(), request.name):
+            response.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size
+                )
+            )
+        return response
+
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Context
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        """One region, or every region of the caller for an empty name; an unknown name is a no-op."""
+        self._shm.unregister(CALLER.get(), request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:

@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cortserve/api/v1/tensor.proto\x12\x0fortserve.api.v1\"e\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\tdata_type\x18\x02 \x01(\x0e\x32\x19.ortserve.api.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x10\n\x08raw_data\x18\x04 \x01(\x0c\"W\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\tdata_type\x18\x02 \x01(\x0e\x32\x19.ortserve.api.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03*\xb5\x02\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x41TA_TYPE_BOOL\x10\x01\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x02\x12\x14\n\x10\x44\x41TA_TYPE_UINT16\x10\x03\x12\x14\n\x10\x44\x41TA_TYPE_UINT32\x10\x04\x12\x14\n\x10\x44\x41TA_TYPE_UINT64\x10\x05\x12\x12\n\x0e\x44\x41TA_TYPE_INT8\x10\x06\x12\x13\n\x0f\x44\x41TA_TYPE_INT16\x10\x07\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x08\x12\x13\n\x0f\x44\x41TA_TYPE_INT64\x10\t\x12\x12\n\x0e\x44\x41TA_TYPE_FP16\x10\n\x12\x12\n\x0e\x44\x41TA_TYPE_FP32\x10\x0b\x12\x12\n\x0e\x44\x41TA_TYPE_FP64\x10\x0c\x12\x14\n\x10\x44\x41TA_TYPE_STRING\x10\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cortserve/api/v1/tensor.proto\x12\x0fortserve.api.v1\"\x9e\x01\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\tdata_type\x18\x02 \x01(\x0e\x32\x19.ortserve.api.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x10\n\x08raw_data\x18\x04 \x01(\x0c\x12\x37\n\rshared_memory\x18\x05 \x01(\x0b\x32 .ortserve.api.v1.SharedMemoryRef\"D\n\x0fSharedMemoryRef\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x11\n\tbyte_size\x18\x03 \x01(\x04\"W\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\tdata_type\x18\x02 \x01(\x0e\x32\x19.ortserve.api.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03*\xb5\x02\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x41TA_TYPE_BOOL\x10\x01\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x02\x12\x14\n\x10\x44\x41TA_TYPE_UINT16\x10\x03\x12\x14\n\x10\x44\x41TA_TYPE_UINT32\x10\x04\x12\x14\n\x10\x44\x41TA_TYPE_UINT64\x10\x05\x12\x12\n\x0e\x44\x41TA_TYPE_INT8\x10\x06\x12\x13\n\x0f\x44\x41TA_TYPE_INT16\x10\x07\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x08\x12\x13\n\x0f\x44\x41TA_TYPE_INT64\x10\t\x12\x12\n\x0e\x44\x41TA_TYPE_FP16\x10\n\x12\x12\n\x0e\x44\x41TA_TYPE_FP32\x10\x0b\x12\x12\n\x0e\x44\x41TA_TYPE_FP64\x10\x0c\x12\x14\n\x10\x44\x41TA_TYPE_STRING\x10\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ortserve.api.v1.tensor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATATYPE']._serialized_start=242
-  _globals['_DATATYPE']._serialized_end=551
-  _globals['_TENSOR']._serialized_start=49
-  _globals['_TENSOR']._serialized_end=150
-  _globals['_TENSORSPEC']._serialized_start=152
-  _globals['_TENSORSPEC']._serialized_end=239
+  _globals['_DATATYPE']._serialized_start=370
+  _globals['_DATATYPE']._serialized_end=679
+  _globals['_TENSOR']._serialized_start=50
+  _globals['_TENSOR']._serialized_end=208
+  _globals['_SHAREDMEMORYREF']._serialized_start=210
+  _globals['_SHAREDMEMORYREF']._serialized_end=278
+  _globals['_TENSORSPEC']._serialized_start=280
+  _globals['_TENSORSPEC']._serialized_end=367
 # @@protoc_insertion_point(module_scope)

@@ -71,6 +71,7 @@ class Tensor(_message.Message):
     DATA_TYPE_FIELD_NUMBER: _builtins.int
     SHAPE_FIELD_NUMBER: _builtins.int
     RAW_DATA_FIELD_NUMBER: _builtins.int
+    SHARED_MEMORY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Input or output name from the model signature."""
     data_type: Global___DataType.ValueType
@@ -82,6 +83,13 @@ class Tensor(_message.Message):
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Dimensions, outermost first."""
 
+    @_builtins.property
+    def shared_memory(self) -> Global___SharedMemoryRef:
+        """Inputs only: the element bytes are in a system shared memory region the caller
+        registered (inference.GRPCInferenceService/SystemSharedMemoryRegister) instead of
+        raw_data, which must then be empty.
+        """
+
     def __init__(
         self,
         *,
@@ -89,14 +97,45 @@ class Tensor(_message.Message):
         data_type: Global___DataType.ValueType = ...,
         shape: _abc.Iterable[_builtins.int] | None = ...,
         raw_data: _builtins.bytes = ...,
+        shared_memory: Global___SharedMemoryRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shared_memory", b"shared_memory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_type", b"data_type", "name", b"name", "raw_data", b"raw_data", "shape", b"shape"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_type", b"data_type", "name", b"name", "raw_data", b"raw_data", "shape", b"shape", "shared_memory", b"shared_memory"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Tensor: _TypeAlias = Tensor  # noqa: Y015
+
+@_typing.final
+class SharedMemoryRef(_message.Message):
+    """Bytes in a registered system shared memory region."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    BYTE_SIZE_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The region's registered name."""
+    offset: _builtins.int
+    """Where the bytes start, relative to the region's start."""
+    byte_size: _builtins.int
+    """How many bytes; must equal the tensor's size."""
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        byte_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["byte_size", b"byte_size", "offset", b"offset", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SharedMemoryRef: _TypeAlias = SharedMemoryRef  # noqa: Y015
 
 @_typing.final
 class TensorSpec(_message.Message):
