@@ -61,7 +61,8 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("host", "port", "metrics_port", "data_dir", "db", "log_level", "model_dir", "model_name")
+    keys: tuple[str, ...] = ("host", "port", "metrics_port", "data_dir", "db", "log_level", "model_dir")
+    keys += ("model_name", "workers")
     return {k: getattr(args, k, None) for k in keys}
 
 
@@ -77,6 +78,7 @@ def _add_serve(sub: Any) -> None:
         help="register at start what DIR holds: a model.onnx, or <name>/<version>/model.onnx (Triton layout)",
     )
     p.add_argument("--model-name", help="name of --model-dir's single model.onnx (default: the folder name)")
+    p.add_argument("--workers", type=int, help="server processes sharing the port (default 1)")
     p.set_defaults(run=_serve)
 
 
@@ -89,6 +91,10 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(config.log_level, config.log_format)
     if args.examples or config.examples:  # the flag, or ORTSERVE_EXAMPLES / the file
         _register_examples(config)
+    if config.workers > 1:
+        from ortserve.server.workers import supervise
+
+        return supervise(config, args.port_file)
     asyncio.run(serve(config, args.port_file))
     return 0
 

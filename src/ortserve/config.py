@@ -24,6 +24,7 @@ _INT32 = 2**31 - 1
 _RANGES: dict[str, tuple[float, float]] = {
     "port": (0, 65535),
     "metrics_port": (0, 65535),
+    "workers": (1, 256),
     "poll_interval_s": (0.05, 3600),
     "gil_switch_interval_us": (50, 100_000),
     # Overload limits and connection management (gRPC channel arguments are 32-bit).
@@ -141,6 +142,9 @@ class ServerConfig:
     # Let the console promote, roll back, set traffic and shadow, and retire without tokens configured
     # (then anyone who reaches the metrics port may); with tokens, its actions need an admin token.
     console_actions: bool = False
+    # Server processes sharing the gRPC port (SO_REUSEPORT) under one supervisor that restarts them
+    # and serves all their metrics on metrics_port; each holds its own sessions (memory per worker).
+    workers: int = 1
 
     def __post_init__(self) -> None:
         for name, (low, high) in _RANGES.items():

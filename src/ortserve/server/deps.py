@@ -132,7 +132,8 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        # Refuse a port in use, except to the workers of one supervisor (server/workers.py).
+        ("grpc.so_reuseport", int(config.workers > 1)),
         ("grpc.keepalive_time_ms", config.keepalive_time_ms),
         ("grpc.keepalive_timeout_ms", config.keepalive_timeout_ms),
         ("grpc.http2.min_ping_interval_without_data_ms", config.min_ping_interval_without_data_ms),
