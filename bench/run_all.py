@@ -287,6 +287,14 @@ SCENARIOS = [
     ),
     Scenario("cnn-ortserve-c16", "cnn", "cnn, ortserve Predict, C=16", "server", concurrency=16),
     Scenario(
+        "cnn-shm-c16",
+        "cnn",
+        "cnn, ortserve Predict, inputs in system shared memory, C=16",
+        "server",
+        "ortserve-shm",
+        concurrency=16,
+    ),
+    Scenario(
         "mlp-ort-batched64",
         "mlp",
         "mlp, in-process ORT, 1 caller x 64 rows",
@@ -400,6 +408,16 @@ def figures(res: dict[str, dict[str, Any]], delay_ms: float) -> list[dict[str, A
         res["cnn-ort-batched16"]["rows_per_s"] if "cnn-ort-batched16" in res else None,
     )
     add("(c') cnn, ortserve / in-process ORT batched (16 rows)", "rows/s ratio (info)", r, "-", None)
+    r = _ratio(rps("cnn-shm-c16"), rps("cnn-ort-c16"))
+    add(
+        "(c2) cnn through shared memory, ortserve / in-process ORT (16 threads), C=16",
+        "throughput ratio",
+        r,
+        ">= 0.7x",
+        None if r is None else r >= 0.7,
+    )
+    r = _ratio(rps("cnn-shm-c16"), rps("cnn-ortserve-c16"))
+    add("(c3) cnn, shared memory / plain gRPC Predict, C=16", "throughput ratio (info)", r, "-", None)
     r = _ratio(rps("tiny-stream-c64"), rps("tiny-echo-c64"))
     add(
         "(d) tiny, ortserve PredictStream (4 streams) / echo unary, C=64",

@@ -24,6 +24,7 @@ from ortserve.api.inference import grpc_service_pb2 as pb
 from ortserve.api.inference import grpc_service_pb2_grpc as pb_grpc
 from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.api.v1 import tensor_pb2 as tpb
+from ortserve.bench.loadgen import BenchOptions, run_bench
 from ortserve.client import Client, SharedTensor
 from ortserve.config import ServerConfig
 from ortserve.server.app import OrtServer
@@ -277,3 +278,20 @@ async def test_regions_belong_to_the_caller_and_are_unmapped_at_shutdown(
         await server.stop(0)
     assert region._map.closed
     assert not server.parts.core.shared_memory.status("writer")
+
+
+async def test_the_load_generator_sends_inputs_through_shared_memory(running: Running) -> None:
+    options = BenchOptions(
+        target=running.address,
+        model="add",
+        protocol="ortserve-shm",
+        concurrency=2,
+        requests=20,
+        duration_s=None,
+        warmup_s=0,
+        batch_rows=64,  # two inputs of 1 KiB each
+    )
+    result = await run_bench(options)
+    assert (result["requests"], result["errors"]) == (20, 0)
+    assert result["request_bytes"] < 200  # the tensors' 2 KiB did not travel
+    assert not running.server.parts.core.shared_memory.status("")  # unregistered at the end

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-PROTOCOLS = ("ortserve", "ortserve-stream", "oip", "echo")
+PROTOCOLS = ("ortserve", "ortserve-stream", "ortserve-shm", "oip", "echo")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -15,9 +15,11 @@ import json
 import math
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing import shared_memory
 from typing import Any, TextIO
 
 import grpc
@@ -26,6 +28,7 @@ from grpc import aio
 
 from ortserve import dtypes
 from ortserve.api.inference import grpc_service_pb2 as oip
+from ortserve.api.inference import grpc_service_pb2_grpc as oip_grpc
 from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.api.v1 import tensor_pb2 as tpb
 from ortserve.bench.args import PROTOCOLS
@@ -146,6 +149,48 @@ def predict_request(model: str, version: str, feeds: dict[str, np.ndarray]) -> b
         for n, a in feeds.items()
     ]
     return ipb.PredictRequest(model=model, version=version, inputs=tensors).SerializeToString()
+
+
+class SharedFeeds:
+    """The inputs written once into a POSIX shared memory region registered with the server, and
+    the Predict request that names them (`ortserve-shm`: a co-located client; every request reads
+    the same bytes, the client's own per-request copy into the region is left out)."""
+
+    def __init__(self, feeds: dict[str, np.ndarray]) -> None:
+        self._data = {name: raw_bytes(array) for name, array in feeds.items()}
+        self._feeds = feeds
+        self.region = f"bench-{uuid.uuid4().hex[:12]}"
+        size = max(1, sum(len(d) for d in self._data.values()))
+        self._shm = shared_memory.SharedMemory(name=self.region, create=True, size=size)
+
+    async def open(self, channel: aio.Channel, model: str, version: str) -> bytes:
+        offset, tensors, buf = 0, [], self._shm.buf
+        assert buf is not None
+        for name, data in self._data.items():
+            buf[offset : offset + len(data)] = data
+            array = self._feeds[name]
+            ref = tpb.SharedMemoryRef(region=self.region, offset=offset, byte_size=len(data))
+            tensors.append(
+                tpb.Tensor(
+                    name=name,
+                    data_type=_ENUM_OF_NAME[_dtype_name(array)],
+                    shape=array.shape,
+                    shared_memory=ref,
+                )
+            )
+            offset += len(data)
+        register = oip.SystemSharedMemoryRegisterRequest(
+            name=self.region, key="/" + self.region, byte_size=self._shm.size
+        )
+        await oip_grpc.GRPCInferenceServiceStub(channel).SystemSharedMemoryRegister(register)
+        return ipb.PredictRequest(model=model, version=version, inputs=tensors).SerializeToString()
+
+    async def close(self, channel: aio.Channel) -> None:
+        with contextlib.suppress(grpc.RpcError):
+            unregister = oip.SystemSharedMemoryUnregisterRequest(name=self.region)
+            await oip_grpc.GRPCInferenceServiceStub(channel).SystemSharedMemoryUnregister(unregister)
+        self._shm.close()
+        self._shm.unlink()
 
 
 def model_infer_request(model: str, version: str, feeds: dict[str, np.ndarray]) -> bytes:
@@ -398,6 +443,15 @@ async def _progress(run: _Run, out: TextIO, window: _Window) -> None:
         out.flush()
 
 
+async def _predict_payload(
+    options: BenchOptions, channel: aio.Channel, feeds: dict[str, np.ndarray]
+) -> tuple[bytes, SharedFeeds | None]:
+    if options.protocol != "ortserve-shm":
+        return predict_request(options.model, options.version, feeds), None
+    shared = SharedFeeds(feeds)
+    return await shared.open(channel, options.model, options.version), shared
+
+
 async def run_bench(options: BenchOptions, progress_out: TextIO | None = None) -> dict[str, Any]:
     """Run one load test; the result is JSON-ready."""
     channel_options = [
@@ -413,6 +467,7 @@ async def run_bench(options: BenchOptions, progress_out: TextIO | None = None) -
         feeds = random_inputs(specs, options.batch_rows, options.seed)
         run = _Run(count_mode=options.requests is not None, budget=options.requests or 0)
         tasks: list[asyncio.Task[None]] = []
+        shared = None
         if options.protocol == "oip":
             payload = model_infer_request(options.model, options.version, feeds)
             infer: Any = channel.unary_unary(
@@ -432,7 +487,7 @@ async def run_bench(options: BenchOptions, progress_out: TextIO | None = None) -
                 for i in range(options.streams)
             ]
         else:
-            payload = predict_request(options.model, options.version, feeds)
+            payload, shared = await _predict_payload(options, channel, feeds)
             predict: Any = channel.unary_unary(
                 _PREDICT, request_serializer=None, response_deserializer=ipb.PredictResponse.FromString
             )
@@ -459,6 +514,8 @@ async def run_bench(options: BenchOptions, progress_out: TextIO | None = None) -
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if shared is not None:
+                await shared.close(channel)
         elapsed = window.elapsed
     summary = summarize(
         run.latencies,
