@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -118,6 +118,14 @@ async def test_register_infer_through_both_apis_and_unregister(
     assert len(response.raw_output_contents) == 0
     assert response.outputs[0].parameters["shared_memory_region"].string_param == "r"
     z = np.ndarray((2, 4), np.float32, buffer=segment.buf, offset=out).copy()
+    np.testing.assert_array_equal(z, A + B)
+
+    async def one() -> AsyncIterator[pb.ModelInferRequest]:
+        yield oip_infer("r", 0, A.nbytes)
+
+    (answer,) = [a async for a in oip.ModelStreamInfer(one())]
+    assert not answer.error_message
+    z = np.frombuffer(answer.infer_response.raw_output_contents[0], np.float32).reshape(2, 4)
     np.testing.assert_array_equal(z, A + B)
 
     await oip.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name="r"))
