@@ -85,7 +85,6 @@ def _add_serve(sub: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from ortserve.config import load_config
     from ortserve.logging import configure_logging
-    from ortserve.server.app import serve
 
     config = load_config(args.config, overrides=_overrides(args))
     configure_logging(config.log_level, config.log_format)
@@ -94,7 +93,9 @@ def _serve(args: argparse.Namespace) -> int:
     if config.workers > 1:
         from ortserve.server.workers import supervise
 
-        return supervise(config, args.port_file)
+        return supervise(config, args.port_file)  # the supervisor does not import the server
+    from ortserve.server.app import serve
+
     asyncio.run(serve(config, args.port_file))
     return 0
 
