@@ -22,8 +22,12 @@ log = structlog.get_logger(__name__)
 class OrtServer:
     """A running ortserve; `start` returns the bound gRPC port (0 in the config picks a free one)."""
 
-    def __init__(self, config: ServerConfig, tracer_provider: Any = None) -> None:
+    def __init__(
+        self, config: ServerConfig, tracer_provider: Any = None, http_host: str | None = None
+    ) -> None:
         self.config = config
+        # The HTTP port listens on `host` unless told otherwise (workers: loopback, behind the supervisor).
+        self.http_host = config.host if http_host is None else http_host
         self.parts: Components = build_server(config, tracer_provider)
         self.http = build_http(self.parts)
         self.port = 0
@@ -46,7 +50,7 @@ class OrtServer:
         except RuntimeError as exc:
             raise Unavailable(f"cannot listen on {address}: {exc}") from exc
         await parts.control.start()
-        self.metrics_port = await self.http.start(self.config.host, self.config.metrics_port)
+        self.metrics_port = await self.http.start(self.http_host, self.config.metrics_port)
         await parts.server.start()
         await parts.health.serving()
         log.info("server_started", address=f"{self.config.host}:{self.port}", metrics_port=self.metrics_port)

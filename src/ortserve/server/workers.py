@@ -70,7 +70,6 @@ class Supervisor:
     def __init__(self, config: ServerConfig, port: int, run_dir: Path) -> None:
         self.config = dataclasses.replace(config, port=port, metrics_port=0)
         self.run_dir = run_dir
-        self.scrape_host = _url_host(config.host)
         self.workers = [Worker(i) for i in range(config.workers)]
         self.stopping = threading.Event()
         self.registry = CollectorRegistry()
@@ -171,7 +170,7 @@ class Supervisor:
         for worker in self.workers:
             try:
                 info = json.loads(self.info_file(worker.index).read_text())
-                url = f"http://{self.scrape_host}:{info['metrics_port']}/metrics"
+                url = f"http://127.0.0.1:{info['metrics_port']}/metrics"
                 with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as answer:
                     text = answer.read().decode()
             except (OSError, ValueError, KeyError):
@@ -180,16 +179,6 @@ class Supervisor:
         merged = CollectorRegistry()
         merged.register(_Families(list(families.values())))
         return generate_latest(merged) + generate_latest(self.registry)
-
-
-def _url_host(host: str) -> str:
-    """Workers serve their HTTP port on `host` too: a wildcard address is reached through loopback."""
-    bare = host.strip("[]")
-    if bare in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if bare == "::":
-        return "[::1]"
-    return f"[{bare}]" if ":" in bare else bare
 
 
 class _Families(Collector):
@@ -325,7 +314,7 @@ def _write_port(port_file: str, port: int) -> None:
 async def _run_worker(config: ServerConfig, info_file: str) -> None:
     from ortserve.server.app import OrtServer
 
-    server = OrtServer(config)
+    server = OrtServer(config, http_host="127.0.0.1")  # reached by the supervisor only
     await server.start()
     info = {"pid": os.getpid(), "port": server.port, "metrics_port": server.metrics_port}
     await asyncio.to_thread(_write_json, info_file, info)
