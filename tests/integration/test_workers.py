@@ -3,7 +3,8 @@ supervisor. The kernel spreads connections over the workers, so each check opens
 connections (a local subchannel pool: one TCP connection per channel) and tells the workers apart
 by the `worker` label the supervisor's /metrics adds to each worker's samples.
 
-The tests share one supervisor and run in file order; the last one stops it."""
+The tests share one supervisor and run in file order; the SIGTERM test stops it. The PostgreSQL
+test starts its own."""
 
 from __future__ import annotations
 
@@ -179,3 +180,27 @@ def test_sigterm_drains_every_worker_and_exits_zero(supervised: Supervised) -> N
     for pid in pids.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.postgres
+def test_on_postgresql_workers_converge_by_notify(tmp_path: Path, pg_url: str) -> None:
+    """Polling every minute: only LISTEN/NOTIFY can bring the registration to the other worker in time."""
+    metrics_port = free_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("ORTSERVE_POLL_INTERVAL_S", "60")
+        args = ("--workers", "2", "--metrics-port", str(metrics_port), "--db", pg_url)
+        process = start_server(tmp_path, "supervisor", *args, "--data-dir", str(tmp_path / "data"))
+    supervised = Supervised(process, metrics_port, tmp_path)
+    try:
+        path = tmp_path / "linear.onnx"
+        onnx_models.linear(path)
+        conn = fresh(supervised)
+        try:
+            register(conn, path, MODEL)
+        finally:
+            conn.close()
+        until(lambda: every_predict_succeeds(supervised), f"every worker to serve {MODEL}")
+        served = supervised.metrics("ortserve_request_duration_seconds_count", model=MODEL)
+        assert set(served) == set(WORKERS), served
+    finally:
+        assert process.stop() == 0, process.output()
