@@ -134,6 +134,8 @@ class Supervisor:
         code = worker.proc.poll()
         if code is None:
             return
+        if worker.proc.stdin is not None:
+            worker.proc.stdin.close()  # its end of the pipe; the next worker gets a new one
         lived = now - worker.started_at
         worker.failures = 1 if lived >= STABLE_AFTER_S else worker.failures + 1
         delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (worker.failures - 1))
