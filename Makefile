@@ -61,9 +61,17 @@ docker-check: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
+# The benchmark's peers (KServe's ModelServer, MLServer), each in its own venv; `make bench` installs
+# them on first use (bench/run_all.py --targets), this only does it ahead of time.
+.PHONY: peer-venvs
+peer-venvs:
+	bash scripts/peer_venvs.sh kserve
+	bash scripts/peer_venvs.sh mlserver
+
 # 10 minutes of mixed load against one server; fails when its memory, fds or tasks grow (not in `test`).
 soak: $(STAMP)
 	$(PY) bench/soak.py --minutes 10
 
 clean:
 	rm -rf $(VENV) .venv-triton clients/cpp/build clients/node/dist clients/node/node_modules
+	rm -rf .venv-kserve .venv-mlserver

@@ -51,7 +51,7 @@ def target(s: RunScenario) -> str:
     """The legend of a scenario's line: what answered, and how it was called."""
     if s.kind == "ort":
         return "ONNX Runtime in-process, 1 call of C rows" if s.batched_ceiling else "ONNX Runtime in-process"
-    server = "echo ceiling" if s.kind == "echo" else "ortserve"
+    server = {"echo": "echo ceiling", "kserve": "KServe", "mlserver": "MLServer"}.get(s.kind, "ortserve")
     name = f"{server} {PROTOCOLS.get(s.protocol, s.protocol)}"
     if s.served_as.endswith("-nobatch"):
         name += ", batching off"

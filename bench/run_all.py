@@ -8,6 +8,13 @@ report and writes it with a JSON of every result to bench/results/<date>.md / .j
 throughput and p99 against concurrency (bench/plots.py) to <date>.png.
 
     .venv/bin/python bench/run_all.py [--duration 8] [--warmup 2] [--only tiny,wide]
+        [--targets ortserve,kserve,mlserver]
+
+Peers (`peers-*` scenarios): KServe's ModelServer and Seldon MLServer, each in its own venv
+(scripts/peer_venvs.sh, installed on first use; a peer that fails to install or start is reported
+and skipped), serve tiny, mlp and cnn over OIP gRPC; the same load generator runs them, ortserve
+(OIP) and the in-process ceiling at 1, 16 and 64 in flight, and bench/peers/table.py puts them
+side by side.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import models  # noqa: E402
 import plots  # noqa: E402
+from peers import launch as peer_launch  # noqa: E402
+from peers import table as peer_table  # noqa: E402
 
 PY = sys.executable
 RESULTS = HERE / "results"
@@ -84,6 +93,62 @@ def started(cmd: list[str], port_file: Path, log: Path, what: str) -> Iterator[t
             yield _wait_port_file(port_file, proc, what), proc.pid
         finally:
             _stop(proc, what)
+
+
+@contextlib.contextmanager
+def started_peer(cmd: list[str], log: Path, address: str, names: list[str], what: str) -> Iterator[int]:
+    """Run a peer server subprocess in its own venv; yield its pid once every model is ready."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=peer_launch.peer_env())
+        try:
+            peer_launch.wait_ready(proc, address, names, what)
+            yield proc.pid
+        finally:
+            _stop(proc, what)
+
+
+def _peer_command(peer: str, python: str, paths: dict[str, Path], work: Path) -> tuple[list[str], str]:
+    grpc_port = _free_port()
+    served = {m: paths[m] for m in peer_table.MODELS}
+    if peer == "kserve":
+        cmd = peer_launch.kserve_command(python, served, work, grpc_port, _free_port())
+    else:
+        repo = peer_launch.mlserver_repository(served, work, (grpc_port, _free_port(), _free_port()))
+        cmd = peer_launch.mlserver_command(python, repo)
+    return cmd, f"127.0.0.1:{grpc_port}"
+
+
+def start_peers(
+    chosen: list[Scenario],
+    paths: dict[str, Path],
+    work: Path,
+    info: dict[str, Any],
+    stack: contextlib.ExitStack,
+) -> dict[str, tuple[str, CpuSampler]]:
+    """Install and start each peer the chosen scenarios need; a failure is recorded in
+    info["peers"] and that peer's scenarios are dropped from `chosen`, the run goes on."""
+    out: dict[str, tuple[str, CpuSampler]] = {}
+    info["peers"] = {}
+    for peer in peer_table.PEERS:
+        if not any(s.kind == peer for s in chosen):
+            continue
+        python, why = peer_launch.install(peer)
+        try:
+            if python is None:
+                raise RuntimeError(f"install failed: {why}")
+            cmd, address = _peer_command(peer, python, paths, work)
+            log = work / f"{peer}.log"
+            pid = stack.enter_context(started_peer(cmd, log, address, list(peer_table.MODELS), peer))
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            print(f"{peer}: skipped: {exc}", file=sys.stderr)
+            info["peers"][peer_table.NAMES[peer]] = f"skipped: {exc}"
+            chosen[:] = [s for s in chosen if s.kind != peer]
+            continue
+        sampler = CpuSampler(pid)
+        stack.callback(sampler.close)
+        out[peer] = (address, sampler)
+        info["peers"][peer_table.NAMES[peer]] = peer_launch.versions(python, peer)
+    return out
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -134,7 +199,13 @@ class CpuSampler:
 
 
 def register(
-    address: str, path: Path, name: str, *, max_batch_size: int | None = None, delay_us: int = 0
+    address: str,
+    path: Path,
+    name: str,
+    *,
+    max_batch_size: int | None = None,
+    delay_us: int = 0,
+    intra_op: int = 0,
 ) -> None:
     """Upload through RegisterModel (manifest, then 1 MiB chunks) and check the version is ready."""
     import grpc
@@ -153,6 +224,7 @@ def register(
         sha256=hashlib.sha256(data).hexdigest(),
         description=f"benchmark model {path.stem}",
         batching=batching,
+        session=mpb.SessionConfig(intra_op_num_threads=intra_op),
         load=True,
     )
 
@@ -179,10 +251,12 @@ def register_all(server: str, paths: dict[str, Path], needed: set[str], delay_us
         "mlp": {"delay_us": delay_us},
         "wide": {},
         "wide-nobatch": {"max_batch_size": 0},
+        # the peers' comparison: 1 intra-op thread as the peers, default batching (no queue delay)
+        **{f"peer-{m}": {"intra_op": 1} for m in peer_table.MODELS},
     }
     for name, kwargs in settings.items():
         if name in needed:
-            register(server, paths[name.removesuffix("-nobatch")], name, **kwargs)
+            register(server, paths[name.removesuffix("-nobatch").removeprefix("peer-")], name, **kwargs)
 
 
 def _fields(message: Any) -> Iterator[tuple[str, Any]]:
@@ -233,12 +307,14 @@ class Scenario:
     key: str
     model: str  # bench model file (tiny, mlp, cnn, wide)
     title: str
-    kind: str  # "server", "echo" or "ort"
+    kind: str  # "server", "echo", "ort", or a peer ("kserve", "mlserver")
     protocol: str = "ortserve"
     served_as: str = ""  # registered name when different from `model`
     concurrency: int = 1
     streams: int = 1
     batched_ceiling: bool = False
+    intra_op: int = 0  # in-process ceiling: intra-op threads (0: its default)
+    oip_input: str = ""  # the load generator's --input (peers' scenarios: the same request everywhere)
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -312,6 +388,38 @@ SCENARIOS = [
 ]
 
 
+def _input_spec(model: str) -> str:
+    name, shape, _, _ = models.SIGNATURES[model]
+    return f"{name}:FP32:" + ",".join("-1" if d == "N" else str(d) for d in shape)
+
+
+def peer_scenarios(targets: tuple[str, ...]) -> list[Scenario]:
+    """tiny, mlp, cnn at 1, 16, 64 in flight: each target over OIP, then the in-process ceiling."""
+    out: list[Scenario] = []
+    for model in peer_table.MODELS:
+        for c in peer_table.CONCURRENCY:
+            for t in targets:
+                kind, name = ("server", f"peer-{model}") if t == "ortserve" else (t, model)
+                title = f"{model}, {peer_table.NAMES[t]} OIP ModelInfer, C={c}"
+                out.append(
+                    Scenario(
+                        peer_table.key(model, c, t),
+                        model,
+                        title,
+                        kind,
+                        "oip",
+                        served_as=name,
+                        concurrency=c,
+                        oip_input=_input_spec(model),
+                    )
+                )
+            title = f"{model}, in-process ORT, {c} threads x 1 row, 1 intra-op thread each"
+            out.append(
+                Scenario(peer_table.key(model, c, "ort"), model, title, "ort", concurrency=c, intra_op=1)
+            )
+    return out
+
+
 @dataclass
 class Env:
     paths: dict[str, Path]
@@ -323,6 +431,7 @@ class Env:
     machine_cpu: CpuSampler
     duration: float
     warmup: float
+    peers: dict[str, tuple[str, CpuSampler]] = field(default_factory=dict)  # peer -> (address, its CPU)
 
 
 def run_scenario(s: Scenario, env: Env) -> dict[str, Any]:
@@ -333,8 +442,10 @@ def run_scenario(s: Scenario, env: Env) -> dict[str, Any]:
         cmd += ["--duration", str(args.duration), "--warmup", str(min(args.warmup, 1.0)), "--json"]
         if s.batched_ceiling:
             cmd.append("--batched")
+        if s.intra_op:
+            cmd += ["--intra-op-threads", str(s.intra_op)]
     else:
-        target = env.echo if s.kind == "echo" else env.server
+        target = {"echo": env.echo, "server": env.server}.get(s.kind) or env.peers[s.kind][0]
         name = s.served_as or s.model
         cmd = [PY, "-m", "ortserve", "bench", name, "--server", target, "--protocol", s.protocol]
         cmd += ["-c", str(s.concurrency), "--duration", str(args.duration), "--warmup", str(args.warmup)]
@@ -343,6 +454,8 @@ def run_scenario(s: Scenario, env: Env) -> dict[str, Any]:
             cmd += ["--streams", str(s.streams)]
         if s.kind == "echo":
             cmd += ["--input", TINY_INPUT]
+        if s.oip_input:
+            cmd += ["--input", s.oip_input]
     print(f"== {s.key}: {' '.join(cmd[1:])}", file=sys.stderr)
     before = scrape(metrics_port, s.served_as or s.model) if s.kind == "server" else None
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
@@ -351,7 +464,8 @@ def run_scenario(s: Scenario, env: Env) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     if "window_unix" in result:
         if s.kind != "ort":
-            sampler = env.echo_cpu if s.kind == "echo" else env.server_cpu
+            samplers = {"echo": env.echo_cpu, "server": env.server_cpu}
+            sampler = samplers.get(s.kind) or env.peers[s.kind][1]
             result["server_cpu_cores"] = sampler.cores(*result["window_unix"])
         busy = env.machine_cpu.cores(*result["window_unix"])
         ours = (result.get("server_cpu_cores") or 0.0) + (result.get("client_cpu_cores") or 0.0)
@@ -504,6 +618,7 @@ def markdown(info: dict[str, Any], scenarios: list[Scenario], figs: list[dict[st
         lines.append(
             f"| {f['figure']} | {f['detail']} | {_num(f['value'], '{:.3f}')} | {f['target']} | {met} |"
         )
+    lines += peer_section(info, scenarios, args)
     lines += [
         "",
         "## Runs",
@@ -543,6 +658,25 @@ def markdown(info: dict[str, Any], scenarios: list[Scenario], figs: list[dict[st
     return "\n".join(lines) + "\n"
 
 
+def peer_section(info: dict[str, Any], scenarios: list[Scenario], args: Any) -> list[str]:
+    """The peers table (bench/peers/table.py) with what each peer was, or nothing when none ran."""
+    results = {s.key: s.result for s in scenarios if s.result}
+    table = peer_table.markdown(results, tuple(t for t in peer_table.TARGETS if t in args.targets))
+    peers = info.get("peers") or {}
+    if not table and not peers:
+        return []
+    lines = ["", "## Peers (OIP ModelInfer, batch 1 per request, 1 intra-op thread everywhere)", ""]
+    lines += [f"- {name}: {what}" for name, what in peers.items()]
+    lines += ["", *table, ""]
+    lines.append(
+        "Cells: req/s (p50 ms, server CPU ms per request). ortserve serves `peer-<model>` (intra-op 1, "
+        "default batching); KServe: bench/peers/kserve_onnx.py (a kserve.Model, sync predict); MLServer: "
+        "bench/peers/mlserver_ort.py (custom runtime, parallel_workers 0). In-process ORT: C threads "
+        "calling run on one session, 1 intra-op thread each (bench/ort_ceiling.py)."
+    )
+    return lines
+
+
 def write_report(info: dict[str, Any], chosen: list[Scenario], args: Any, delay_us: int) -> None:
     results = {s.key: s.result for s in chosen}
     figs = figures(results, delay_us / 1000)
@@ -567,8 +701,19 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per scenario")
     p.add_argument("--only", default="", help="comma-separated substrings of scenario keys to run")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (models, data, server logs)")
+    p.add_argument(
+        "--targets",
+        default=",".join(peer_table.TARGETS),
+        help="servers of the peers-* scenarios (ortserve,kserve,mlserver; a peer that fails to "
+        "install or start is reported and skipped); empty: no peers-* scenarios",
+    )
     args = p.parse_args()
-    chosen = [s for s in SCENARIOS if not args.only or any(k in s.key for k in args.only.split(","))]
+    args.targets = tuple(t for t in args.targets.split(",") if t)
+    unknown = set(args.targets) - set(peer_table.TARGETS)
+    if unknown:
+        p.error(f"unknown --targets {sorted(unknown)}; choose from {','.join(peer_table.TARGETS)}")
+    every = SCENARIOS + (peer_scenarios(args.targets) if args.targets else [])
+    chosen = [s for s in every if not args.only or any(k in s.key for k in args.only.split(","))]
     info = machine()
     tmp = Path(tempfile.mkdtemp(prefix="ortserve-bench-"))
     delay_us = 2000
@@ -602,6 +747,7 @@ def main() -> int:
             register_all(
                 server, paths, {s.served_as or s.model for s in chosen if s.kind == "server"}, delay_us
             )
+            peers_started = contextlib.ExitStack()
             env = Env(
                 paths,
                 server,
@@ -614,8 +760,10 @@ def main() -> int:
                 args.warmup,
             )
             try:
-                for s in chosen:
-                    s.result = run_scenario(s, env)
+                with peers_started:
+                    env.peers = start_peers(chosen, paths, tmp, info, peers_started)
+                    for s in chosen:
+                        s.result = run_scenario(s, env)
             finally:
                 env.server_cpu.close()
                 env.echo_cpu.close()
