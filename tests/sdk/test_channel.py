@@ -200,3 +200,23 @@ def test_targets_and_service_config() -> None:
     assert "methodConfig" not in json.loads(service_config(None))
     assert "healthCheckConfig" in json.loads(service_config(None, health_check=True))
     assert to_tensor("x", X["x"]).shape == [2, 3]
+
+
+def test_a_replica_that_comes_back_rejoins_within_seconds() -> None:
+    from ortserve.client.channel import plan_channel
+
+    plan = plan_channel(
+        ["127.0.0.1:1", "127.0.0.1:2"],
+        tls=False,
+        root_certificates=None,
+        certificate_chain=None,
+        private_key=None,
+        server_name=None,
+        token=None,
+        metadata=(),
+        retry=RetryPolicy(),
+        health_check=False,
+        max_message_bytes=1 << 20,
+        options=(),
+    )
+    assert ("grpc.max_reconnect_backoff_ms", 5000) in plan.options  # gRPC's default is 120 s

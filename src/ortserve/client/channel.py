@@ -62,6 +62,9 @@ class RetryPolicy:
                 raise ValueError(f"not a retryable gRPC status code name: {code!r}")
 
 
+MAX_RECONNECT_BACKOFF_MS = 5000
+
+
 def service_config(retry: RetryPolicy | None, health_check: bool = False) -> str:
     """The JSON service config: round robin, the retry policy, optionally client-side health checks."""
     config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
@@ -185,6 +188,9 @@ def plan_channel(
         ("grpc.service_config", service_config(retry, health_check)),
         ("grpc.service_config_disable_resolution", 1),
         ("grpc.enable_retries", 1 if retry is not None else 0),
+        # A replica that comes back rejoins the round robin within 5 s, not after gRPC's default
+        # reconnect backoff of up to 120 s (calls meanwhile go to the other replicas).
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
     if retry is not None:
         opts.append(("grpc.per_rpc_retry_buffer_size", retry.buffer_bytes))
