@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from ortserve.errors import InvalidInput, Unavailable
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Any fixed 64-bit number: the key of the PostgreSQL advisory lock serialising migrations.
@@ -71,6 +73,23 @@ def _sqlite_engine(url: sa.URL, **kwargs: Any) -> sa.Engine:
         read_only = conn.get_execution_options().get(READ_ONLY, False)
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
+    return engine
+
+
+def open_registry(url: str) -> sa.Engine:
+    """The registry's engine with its schema migrated; one line naming the setting and the address
+    (password hidden) when the database cannot be reached at start."""
+    try:
+        engine = make_engine(url)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise InvalidInput(f"db is not a usable SQLAlchemy URL: {exc}") from None
+    try:
+        upgrade(engine)
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        engine.dispose()
+        where = engine.url.render_as_string(hide_password=True)
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise Unavailable(f"db {where}: cannot open the registry database ({reason})") from None
     return engine
 
 

@@ -22,7 +22,7 @@ from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
 from ortserve.config import ServerConfig
 from ortserve.console import Console
 from ortserve.control import ControlPlane
-from ortserve.registry.db import make_engine, upgrade
+from ortserve.registry.db import open_registry
 from ortserve.registry.notify import listen_url
 from ortserve.registry.service import Registry
 from ortserve.runtime.session import SessionDefaults
@@ -75,8 +75,7 @@ def build_server(config: ServerConfig, tracer_provider: Any = None) -> Component
     tracer_provider = tracer_provider or _otlp_provider(config)
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     faults.install()  # test-only crash points, armed by ORTSERVE_TEST_FAULT
-    engine = make_engine(config.db_url)
-    upgrade(engine)
+    engine = open_registry(config.db_url)
     store = open_store(config)
     registry = Registry(engine, store, max_model_bytes=config.max_model_bytes)
     executor_threads, intra = _threads(config)
