@@ -157,7 +157,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides=_overrides(args))
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     upgrade(make_engine(config.db_url))
-    print(f"registry at {config.db_url} is up to date")
+    print(f"registry at {config.db_url_shown} is up to date")
     return 0
 
 
@@ -427,7 +427,7 @@ def _config_show(args: argparse.Namespace) -> int:
     from ortserve.config import load_config
 
     config = load_config(args.config, overrides=_overrides(args))
-    print(json.dumps({**config.as_dict(), "db_url": config.db_url}, indent=2))
+    print(json.dumps({**config.as_dict(), "db_url": config.db_url_shown}, indent=2))
     return 0
 
 

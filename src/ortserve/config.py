@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -18,6 +19,7 @@ from ortserve.errors import InvalidInput
 ENV_PREFIX = "ORTSERVE_"
 MiB = 1 << 20
 _INT32 = 2**31 - 1
+_USER_PASSWORD = re.compile(r"^([^:/]+://[^:/@]*:)[^@]*@")
 
 
 # Settings that must lie in a closed range.
@@ -179,15 +181,26 @@ class ServerConfig:
         return self.db or f"sqlite:///{Path(self.data_dir).resolve() / 'registry.db'}"
 
     @property
+    def db_url_shown(self) -> str:
+        """`db_url` for display: a password in it is replaced by ***."""
+        return hide_password(self.db_url)
+
+    @property
     def store_dir(self) -> Path:
         return Path(self.data_dir) / "store"
 
     def as_dict(self) -> dict[str, Any]:
-        """Settings for display; tokens are masked."""
+        """Settings for display; tokens and the database password are masked."""
         data = dataclasses.asdict(self)
+        data["db"] = hide_password(self.db)
         for key in ("infer_tokens", "admin_tokens"):
             data[key] = ["***"] * len(data[key])
         return data
+
+
+def hide_password(url: str) -> str:
+    """`url` with the password of its user info (scheme://user:PASSWORD@host) replaced by ***."""
+    return _USER_PASSWORD.sub(r"\1***@", url, count=1)
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:

@@ -69,3 +69,12 @@ def test_bad_files(tmp_path: Path) -> None:
     unknown.write_text("[server]\nprot = 1\n")
     with pytest.raises(InvalidInput, match="unknown setting"):
         load_config(str(unknown), environ={})
+
+
+def test_shown_settings_hide_the_database_password() -> None:
+    config = load_config(environ={"ORTSERVE_DB": "postgresql+psycopg://ortserve:s3cret@db:5432/registry"})
+    shown = config.as_dict()
+    assert shown["db"] == "postgresql+psycopg://ortserve:***@db:5432/registry"
+    assert "s3cret" not in str(shown) and "s3cret" not in config.db_url_shown
+    assert config.db_url_shown == "postgresql+psycopg://ortserve:***@db:5432/registry"
+    assert load_config(environ={}).db_url_shown.startswith("sqlite:///")
