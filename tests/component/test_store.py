@@ -121,6 +121,17 @@ def test_a_corrupt_or_missing_blob_is_never_served(tmp_path: Path) -> None:
         store.local_path(sha)
 
 
+def test_uploading_the_bytes_again_repairs_a_corrupt_blob(tmp_path: Path) -> None:
+    """A stored blob of the right size but the wrong bytes (bit rot, a torn copy) is replaced by a
+    verified upload of the same content, not kept because its size matches."""
+    store = FileStore(tmp_path)
+    path = _upload(store, b"original")
+    path.write_bytes(b"tampered")
+    assert _upload(store, b"original") == path
+    assert store.local_path(path.stem).read_bytes() == b"original"
+    assert list(store.tmp.iterdir()) == []
+
+
 def test_collect_garbage_keeps_referenced_and_young(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     kept = _upload(store, b"kept")

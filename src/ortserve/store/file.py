@@ -68,13 +68,12 @@ class FileStore:
         target = self.path_for(upload.sha256)
         with writing("storing the model", target):
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists() and target.stat().st_size == upload.size:
-                upload.abort()  # same content already stored; refresh its age for collect_garbage
-                os.utime(target)
-            else:
-                os.replace(upload.path, target)
-                upload.closed = True
-                fsync_dir(target.parent)
+            # Replaced even when a file is there: it may be a corrupt copy of the right size, and
+            # renaming verified bytes over it is atomic (readers with the old file open keep it).
+            os.replace(upload.path, target)
+            upload.closed = True
+            os.utime(target)  # its age for collect_garbage's grace counts from now, not the last write
+            fsync_dir(target.parent)
         return target
 
     def path_for(self, sha256: str) -> Path:
