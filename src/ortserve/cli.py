@@ -102,13 +102,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _register_examples(config: Any) -> None:
     from ortserve.examples import write_examples
-    from ortserve.registry.db import make_engine, upgrade
+    from ortserve.registry.db import open_registry
     from ortserve.registry.service import Registry
     from ortserve.store import open_store
 
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-    engine = make_engine(config.db_url)
-    upgrade(engine)
+    engine = open_registry(config.db_url)
     registry = Registry(engine, open_store(config), max_model_bytes=config.max_model_bytes)
     if not registry.list_models(1, "")[0]:
         for name, path in write_examples(Path(config.data_dir) / "examples").items():
@@ -152,11 +151,11 @@ def _add_db(sub: Any) -> None:
 
 def _db_upgrade(args: argparse.Namespace) -> int:
     from ortserve.config import load_config
-    from ortserve.registry.db import make_engine, upgrade
+    from ortserve.registry.db import open_registry
 
     config = load_config(args.config, overrides=_overrides(args))
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-    upgrade(make_engine(config.db_url))
+    open_registry(config.db_url).dispose()
     print(f"registry at {config.db_url_shown} is up to date")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -93,6 +94,22 @@ def test_config_show_and_db_upgrade(tmp_path: Path) -> None:
     assert shown["port"] == 9123 and shown["data_dir"] == str(tmp_path)
     out = ortserve("db", "upgrade", "--data-dir", str(tmp_path)).stdout
     assert "is up to date" in out and (tmp_path / "registry.db").exists()
+
+
+@pytest.mark.parametrize("command", [("db", "upgrade"), ("serve", "--examples")])
+def test_an_unreachable_database_is_one_line_without_the_password(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql+psycopg://ops:s3cret@127.0.0.1:{port}/registry"
+    proc = ortserve(*command, "--db", url, "--data-dir", str(tmp_path), "--port", "0", check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "s3cret" not in proc.stderr
+    shown = f"postgresql+psycopg://ops:***@127.0.0.1:{port}/registry"
+    assert lines[0].startswith(f"error: db {shown}: cannot open")
 
 
 def test_rollout_walkthrough(served: tuple[str, Path]) -> None:
