@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from ortserve.cli import main
-from ortserve.errors import InvalidInput
+from ortserve.errors import InvalidInput, Unauthenticated
 from ortserve.server.auth import Scope, TokenAuth, parse_tokens, required_scope, token_line
 
 
@@ -50,3 +50,16 @@ def test_token_hash_reads_the_secret_from_stdin(
     monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
     assert main(["token", "hash", "ci"]) == 0
     assert capsys.readouterr().out.strip() == f"ci:sha256:{hashlib.sha256(b's3cret').hexdigest()}"
+
+
+def test_a_blank_secret_is_refused_at_start_and_never_authenticates() -> None:
+    # A bearer header cannot carry an empty or space-padded secret, so such an entry could only ever
+    # be matched by the console's sign-in form, left empty: refuse it when the server starts.
+    with pytest.raises(InvalidInput, match=r"^admin token 2 is empty or has leading or trailing spaces"):
+        parse_tokens(["good", ""], Scope.ADMIN)
+    with pytest.raises(InvalidInput, match=r"^infer token 1 is empty or has leading or trailing spaces"):
+        parse_tokens([" padded "], Scope.INFER)
+    empty_digest = hashlib.sha256(b"").hexdigest()  # a hashed entry of the empty secret
+    auth = TokenAuth([], [f"ops:sha256:{empty_digest}"])
+    with pytest.raises(Unauthenticated, match=r"^the bearer token is empty$"):
+        auth.authenticate(b"")

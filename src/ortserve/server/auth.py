@@ -96,6 +96,9 @@ def parse_tokens(entries: Sequence[str], scope: Scope) -> list[Token]:
             raise InvalidInput(
                 f"{scope.value} token {index} looks hashed but is not NAME:sha256:<64 hex digits>"
             )
+        elif not entry or entry != entry.strip():
+            # A bearer header cannot carry it: only the console's empty sign-in form would match.
+            raise InvalidInput(f"{scope.value} token {index} is empty or has leading or trailing spaces")
         else:
             tokens.append(Token(f"{scope.value}-{index}", scope, _digest(entry.encode())))
     return tokens
@@ -133,6 +136,8 @@ class TokenAuth:
 
     def authenticate(self, secret: bytes) -> Token:
         """The configured token whose secret is `secret` (the console signs in with it)."""
+        if not secret:  # as over gRPC, where a header without a secret is no bearer token
+            raise Unauthenticated("the bearer token is empty")
         token = self._find(_digest(secret))
         if token is None:
             raise Unauthenticated("the bearer token is not valid")
