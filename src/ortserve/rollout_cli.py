@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from ortserve.errors import OrtserveError
-
 
 def add_rollout_commands(msub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     def command(name: str, help_text: str, run: Callable[[argparse.Namespace, Any], str | None]) -> Any:
@@ -115,12 +113,9 @@ def _rollback(args: argparse.Namespace, client: Any) -> str:
 
 
 def _traffic_set(args: argparse.Namespace, client: Any) -> str:
-    weights = {}
-    for item in args.weights:
-        target, sep, weight = item.partition("=")
-        if not sep or not (weight.strip().isascii() and weight.strip().isdigit()):
-            raise OrtserveError(f"traffic weights are TARGET=WEIGHT with a whole number, got {item!r}")
-        weights[target] = int(weight)
+    from ortserve.scheduler.routing import parse_weights
+
+    weights = {entry.target: entry.weight for entry in parse_weights(args.weights)}
     policy = client.set_traffic(args.name, weights, sticky=args.sticky)
     return _out(args, policy, f"{args.name}: traffic {_weights(policy)}")
 

@@ -3,9 +3,9 @@ from types import MappingProxyType
 import numpy as np
 import pytest
 
-from ortserve.errors import NotFound
+from ortserve.errors import InvalidInput, NotFound
 from ortserve.registry.records import TrafficEntry, TrafficPolicy
-from ortserve.scheduler.routing import ModelRoutes, choose
+from ortserve.scheduler.routing import ModelRoutes, choose, parse_weights
 from ortserve.scheduler.shadow import ShadowStats, compare
 
 KEYS = [f"user-{i}" for i in range(4000)]
@@ -85,3 +85,11 @@ def test_shadow_comparison() -> None:
     stats.add(served, {"y": served["y"]})
     stats.add(served, {"y": served["y"] + 0.25})
     assert stats.compared == 2 and stats.max_abs_diff == pytest.approx(0.25) and stats.argmax_agreement == 1.0
+
+
+def test_parse_weights_reads_target_weight_items() -> None:
+    assert parse_weights(["2=90", "canary=10"]) == [TrafficEntry("2", 90), TrafficEntry("canary", 10)]
+    assert parse_weights([]) == []
+    for item in ("2", "=5", "2=ninety", "2=\u00b9", "2=-1"):
+        with pytest.raises(InvalidInput, match=r"^traffic weights are TARGET=WEIGHT with a whole number"):
+            parse_weights([item])

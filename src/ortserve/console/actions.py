@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from ortserve.control import ControlPlane
 from ortserve.errors import InvalidInput
-from ortserve.registry.records import PRODUCTION, TrafficEntry
-from ortserve.scheduler.routing import is_number
+from ortserve.registry.records import PRODUCTION
+from ortserve.scheduler.routing import is_number, parse_weights
 
 _REGISTRY = "/ortserve.api.v1.RegistryService/"
 Form = Mapping[str, str]
@@ -37,7 +37,9 @@ async def _rollback(control: ControlPlane, model: str, form: Form, actor: str) -
 
 
 async def _traffic(control: ControlPlane, model: str, form: Form, actor: str) -> str:
-    entries = parse_weights(form.get("weights", ""))
+    # TARGET=WEIGHT items separated by spaces or commas ("2=90 3=10", "production=95, canary=5");
+    # empty removes the weights.
+    entries = parse_weights(form.get("weights", "").replace(",", " ").split())
     policy = await control.set_traffic(model, entries, form.get("sticky") == "on", actor)
     weights = " ".join(f"{e.target}={e.weight}" for e in policy.entries) or "removed"
     return f"{model}: traffic {weights}{' (sticky)' if policy.sticky else ''}"
@@ -64,18 +66,6 @@ ACTIONS: Mapping[str, Action] = {
     "shadow": Action(f"{_REGISTRY}SetShadow", _shadow, "set shadow"),
     "retire": Action(f"{_REGISTRY}RetireModelVersion", _retire, "retire"),
 }
-
-
-def parse_weights(text: str) -> list[TrafficEntry]:
-    """`TARGET=WEIGHT` items separated by spaces or commas ("2=90 3=10", "production=95, canary=5");
-    empty removes the weights."""
-    entries = []
-    for item in text.replace(",", " ").split():
-        target, sep, weight = item.partition("=")
-        if not sep or not target or not is_number(weight):
-            raise InvalidInput(f"traffic weights are TARGET=WEIGHT with a whole number, got {item!r}")
-        entries.append(TrafficEntry(target, int(weight)))
-    return entries
 
 
 def _version(form: Form) -> int:

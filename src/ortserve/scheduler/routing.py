@@ -10,18 +10,30 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from ortserve.errors import NotFound
-from ortserve.registry.records import PRODUCTION, TrafficPolicy
+from ortserve.errors import InvalidInput, NotFound
+from ortserve.registry.records import PRODUCTION, TrafficEntry, TrafficPolicy
 
 
 def is_number(text: str) -> bool:
     """Whether `text` is a version number: ASCII digits only (str.isdigit() also holds for "¹" and
     "①", which int() refuses)."""
     return text.isascii() and text.isdigit()
+
+
+def parse_weights(items: Iterable[str]) -> list[TrafficEntry]:
+    """`TARGET=WEIGHT` items ("2=90", "canary=5") as traffic entries, in order (the CLI's and the
+    console's one reading of them)."""
+    entries = []
+    for item in items:
+        target, sep, weight = item.partition("=")
+        if not sep or not target or not is_number(weight.strip()):
+            raise InvalidInput(f"traffic weights are TARGET=WEIGHT with a whole number, got {item!r}")
+        entries.append(TrafficEntry(target, int(weight)))
+    return entries
 
 
 @dataclass(frozen=True, slots=True)
