@@ -4,6 +4,7 @@ requests pinned to a broken version cannot start a reload each."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -96,3 +97,18 @@ async def test_a_caller_that_gives_up_does_not_cancel_the_shared_load(
     impatient.cancel()
     assert (await patient).state is VersionState.READY
     assert impatient.cancelled()
+
+
+async def test_a_failed_warm_up_names_the_version_and_logs_onnx_runtime_s_text(
+    pool_and_clock: tuple[ModelPool, Clock],
+) -> None:
+    pool, _ = pool_and_clock
+    with pytest.raises(FailedPrecondition) as failed:
+        await pool.load("broken", 1)
+    message = str(failed.value)
+    assert re.fullmatch(
+        r"model 'broken' version 1 failed its warm-up in ONNX Runtime \(\w+\) "
+        r"\(correlation id [0-9a-f]{16}; details in the server log\)",
+        message,
+    ), message
+    assert pool.slot("broken", 1).error == message  # what GetModelVersion and the console show

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from ortserve.errors import DeadlineExceeded, FailedPrecondition, ModelNotReady, NotFound, OrtserveError
+from ortserve.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    ModelNotReady,
+    NotFound,
+    OrtserveError,
+    logged,
+)
 from ortserve.faults import crash_point
 from ortserve.registry.records import ModelVersionRecord, RouteSnapshot, VersionState
 from ortserve.runtime.session import OrtSession, SessionDefaults, create_session
@@ -298,9 +305,9 @@ class ModelPool:
         try:
             await loop.run_in_executor(self._executor, session.run, feeds, None, None)
         except Exception as exc:  # any ORT failure on a well-formed input means the version is unusable
-            raise FailedPrecondition(
-                f"model {slot.record.model!r} version {slot.record.version} failed its warm-up: {exc}"
-            ) from exc
+            record = slot.record  # ONNX Runtime's text (source paths, node internals) goes to the log only
+            message = f"model {record.model!r} version {record.version} failed its warm-up in ONNX Runtime"
+            raise FailedPrecondition(logged(f"{message} ({type(exc).__name__})", exc)) from exc
 
     def _activate(self, slot: VersionSlot, session: OrtSession) -> None:
         record = slot.record
