@@ -6,6 +6,8 @@
 #   - Node: the npm dependencies of clients/node (npm ci from the committed lock file)
 #   - promtool (Debian's prometheus package), which checks deploy/monitoring's alert rules
 #   - Chromium (Debian's), which the web console's browser tests drive headless
+#   - PostgreSQL's server binaries (initdb, pg_ctl), which tests/faults starts a private cluster with
+#   - Node.js and npm (Debian's) where no npm is installed
 # Meant for Debian 12 (bookworm), run as root (or with sudo available), non-interactively.
 set -euo pipefail
 
@@ -40,7 +42,13 @@ apt_packages=(
   prometheus
   # Chromium for the web console's browser tests (tests/console): Playwright drives it, downloads none
   chromium
+  # initdb and pg_ctl under /usr/lib/postgresql for tests/faults/test_database_outage.py's own cluster
+  postgresql
 )
+# Node.js >= 18 with npm for clients/node; Debian's where none is installed (NodeSource's, kept if present)
+if ! command -v npm >/dev/null 2>&1; then
+  apt_packages+=(nodejs npm)
+fi
 
 if [ "$(id -u)" -eq 0 ]; then
   sudo=()
