@@ -212,7 +212,8 @@ class ControlPlane:
     async def retire(self, model: str, version: int, actor: str) -> ModelVersionRecord:
         record = await asyncio.to_thread(self.registry.retire, model, version, actor=actor)
         await self.refresh()
-        await asyncio.gather(*self._drains, return_exceptions=True)  # answer once it has drained
+        if self._drains:  # answer once it has drained; a caller who stops waiting leaves it running
+            await asyncio.wait(list(self._drains))
         return record
 
     async def _converged(self, model: str, version: int) -> None:
