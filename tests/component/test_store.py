@@ -11,6 +11,7 @@ import pytest
 
 from ortserve.errors import FailedPrecondition, InvalidInput
 from ortserve.store.file import FileStore, FileStoreUpload
+from ortserve.store.interface import BlobInfo
 
 
 def _open(store: FileStore, data: bytes, **limits: int) -> FileStoreUpload:
@@ -149,3 +150,21 @@ def test_collect_garbage_keeps_referenced_and_young(tmp_path: Path) -> None:
     assert removed == [str(orphan)]
     assert kept.exists() and fresh.path.exists()
     fresh.abort()
+
+
+def test_collect_garbage_keeps_a_blob_stored_again_after_it_was_listed(tmp_path: Path) -> None:
+    """An orphan listed as garbage that a registration stores again before the removal (its row about
+    to be committed) is kept: its age is checked again right before it is removed."""
+
+    class ListedBeforeUpload(FileStore):
+        def blobs(self) -> list[BlobInfo]:
+            listed = super().blobs()
+            _upload(self, b"again")  # the registration's place() lands between listing and removal
+            return listed
+
+    store = ListedBeforeUpload(tmp_path)
+    orphan = _upload(store, b"again")
+    old = time.time() - 7200
+    os.utime(orphan, (old, old))
+    assert store.collect_garbage(set(), blob_grace_s=3600) == []
+    assert orphan.read_bytes() == b"again"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 
 from ortserve.errors import FailedPrecondition, Unavailable, logged
@@ -121,12 +122,21 @@ class FileStore:
     ) -> list[Garbage]:
         """Orphan blobs, then temp files untouched for `stale_temp_s` (an upload in flight writes its
         temp file at least once per chunk, so it stays young)."""
-        paths = [
-            (self.path_for(b.sha256), b.size_bytes)
+        found = [
+            (self.path_for(b.sha256), b.size_bytes, blob_grace_s)
             for b in unreferenced(self.blobs(), referenced, blob_grace_s)
         ]
-        paths.extend(stale_files(self.tmp, stale_temp_s))
+        found.extend((path, size, stale_temp_s) for path, size in stale_files(self.tmp, stale_temp_s))
         if not dry_run:
-            for path, _size in paths:
-                path.unlink(missing_ok=True)
-        return [Garbage(str(path), size) for path, size in paths]
+            found = [item for item in found if _remove_if_untouched(item[0], item[2])]
+        return [Garbage(str(path), size) for path, size, _age in found]
+
+
+def _remove_if_untouched(path: Path, age_s: float) -> bool:
+    """Remove `path` unless it was written in the last `age_s` seconds, as a blob stored again since
+    it was listed is (its row may be on its way); whether it was removed."""
+    stat = stat_or_none(path)
+    if stat is None or time.time() - stat.st_mtime < age_s:
+        return False
+    path.unlink(missing_ok=True)
+    return True
