@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from ortserve.config import ServerConfig
 from ortserve.errors import FailedPrecondition, InvalidInput, Unavailable
 from ortserve.store import open_store
 from ortserve.store.cache import BlobCache
+from ortserve.store.interface import BlobInfo
 from ortserve.store.s3 import S3Store, S3Upload
 from tests.store.conftest import S3Server
 
@@ -183,6 +185,27 @@ def test_garbage_orphans_and_unfinished_uploads(s3_server: S3Server, bucket: str
     assert keys(s3_server, bucket) == [f"team/models/blobs/{h}" for h in referenced]
     assert unfinished(s3_server, bucket) == [] and not left.path.exists()
     assert not store.path_for(hashlib.sha256(orphan).hexdigest()).exists()
+
+
+def test_garbage_keeps_a_blob_stored_again_after_it_was_listed(
+    s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """An orphan listed as old garbage that a registration stores again before the removal (its row
+    about to be committed) is kept: its age is checked again right before it is deleted."""
+    data = blob(1000, seed=10)
+
+    class ListedBeforeUpload(S3Store):
+        def blobs(self) -> list[BlobInfo]:
+            listed = [dataclasses.replace(b, modified=b.modified - 7200) for b in super().blobs()]
+            put(self, data).commit()  # the registration's commit lands between listing and removal
+            return listed
+
+    store = ListedBeforeUpload(
+        s3_server.client(), bucket, "team/models", BlobCache(tmp_path), part_bytes=PART
+    )
+    put(store, data).commit()
+    assert store.collect_garbage(set(), blob_grace_s=3600) == []
+    assert keys(s3_server, bucket) == [f"team/models/blobs/{hashlib.sha256(data).hexdigest()}"]
 
 
 def test_an_unusable_store_fails_at_start_in_one_line(s3_server: S3Server, tmp_path: Path) -> None:

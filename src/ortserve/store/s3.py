@@ -233,28 +233,40 @@ class S3Store:
     ) -> list[Garbage]:
         """Orphan blobs, multipart uploads started at least `stale_temp_s` ago and never finished,
         and this replica's spool and fetch files untouched for as long."""
-        found: list[tuple[Garbage, Callable[[], None]]] = [
+        found: list[tuple[Garbage, Callable[[], bool]]] = [
             (
                 Garbage(f"s3://{self.bucket}/{self.key_for(b.sha256)}", b.size_bytes),
-                functools.partial(self.delete, b.sha256),
+                functools.partial(self._delete_if_untouched, b.sha256, blob_grace_s),
             )
             for b in unreferenced(self.blobs(), referenced, blob_grace_s)
         ]
         found.extend(self._stale_uploads(stale_temp_s))
         found.extend(
-            (Garbage(str(path), size), path.unlink)
+            (Garbage(str(path), size), functools.partial(_unlink, path))
             for path, size in stale_files(self.cache.tmp, stale_temp_s)
         )
         if not dry_run:
-            for _item, remove in found:
-                remove()
+            found = [(item, remove) for item, remove in found if remove()]
         return [item for item, _remove in found]
 
-    def _stale_uploads(self, older_than_s: float) -> list[tuple[Garbage, Callable[[], None]]]:
+    def _delete_if_untouched(self, sha256: str, grace_s: float) -> bool:
+        """Delete the blob unless it was written in the last `grace_s` seconds, as one stored again
+        since it was listed is (its row may be on its way); whether it was deleted."""
+        try:
+            with self.calling(f"looking up blob sha256 {sha256}", missing="absent"):
+                head = self.client.head_object(Bucket=self.bucket, Key=self.key_for(sha256))
+        except FailedPrecondition:
+            return False
+        if time.time() - head["LastModified"].timestamp() < grace_s:
+            return False
+        self.delete(sha256)
+        return True
+
+    def _stale_uploads(self, older_than_s: float) -> list[tuple[Garbage, Callable[[], bool]]]:
         """Multipart uploads with no activity (start or part) for `older_than_s`: an upload in
         flight sends a part at least every 8 MiB, so it stays young."""
         now = time.time()
-        found: list[tuple[Garbage, Callable[[], None]]] = []
+        found: list[tuple[Garbage, Callable[[], bool]]] = []
         with self.calling("listing unfinished uploads"):
             pages = self.client.get_paginator("list_multipart_uploads").paginate(
                 Bucket=self.bucket, Prefix=self._blob_prefix
@@ -275,9 +287,10 @@ class S3Store:
                         found.append((item, functools.partial(self._abort_now, key, upload_id)))
         return found
 
-    def _abort_now(self, key: str, upload_id: str) -> None:
+    def _abort_now(self, key: str, upload_id: str) -> bool:
         with self.calling("aborting an unfinished upload"):
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        return True
 
 
 class S3Upload:
@@ -368,6 +381,11 @@ class S3Upload:
             threading.Thread(
                 target=self._store.abort_multipart, args=(self._key, upload_id), name="s3-abort", daemon=True
             ).start()
+
+
+def _unlink(path: Path) -> bool:
+    path.unlink(missing_ok=True)
+    return True
 
 
 def _reason(exc: BaseException, bucket: str) -> str:
