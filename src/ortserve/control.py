@@ -129,9 +129,10 @@ class ControlPlane:
                 _spawn(self._loads, self._load_quietly(slot))
 
     async def settle(self) -> None:
-        """Wait for the loads a refresh started (at start-up, and in tests)."""
+        """Wait for the loads a refresh started (at start-up, and in tests). A caller who stops
+        waiting (an RPC's deadline) leaves them running: they still tell `on_change` (health)."""
         while self._loads:
-            await asyncio.gather(*list(self._loads), return_exceptions=True)
+            await asyncio.wait(list(self._loads))
 
     async def _poll(self) -> None:
         """Refresh when the listener hears a change, else every poll interval, whatever a refresh
