@@ -28,8 +28,8 @@ from google.protobuf.message import Message
 from ortserve import triton_repo
 from ortserve.api.inference import model_config_pb2
 from ortserve.client import Batching, Client
-from ortserve.client.client import file_sha256
 from ortserve.errors import InvalidInput, OrtserveError
+from ortserve.store.digest import hash_file
 
 VERSION_LABEL = "triton.version"  # the Triton version folder a version came from
 CPU = "CPUExecutionProvider"
@@ -349,7 +349,7 @@ def _register(
     client: Client, plan: ModelPlan, version: VersionPlan, known: dict[str, int], load: bool
 ) -> None:
     try:
-        _size, sha256 = file_sha256(version.path)
+        _size, sha256 = hash_file(version.path)
         if sha256 in known:
             version.action, version.version = "unchanged", known[sha256]
             version.detail = f"the model has these bytes already (version {known[sha256]})"

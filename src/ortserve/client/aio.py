@@ -28,7 +28,6 @@ from ortserve.client.client import (
     Prediction,
     Progress,
     VersionInfo,
-    file_sha256,
     model_info_of,
     predict_request,
     prediction_of,
@@ -50,6 +49,7 @@ from ortserve.client.rollout import (
     traffic_of,
     traffic_request,
 )
+from ortserve.store.digest import hash_file
 
 
 class AsyncClient:
@@ -198,7 +198,7 @@ class AsyncClient:
     ) -> VersionInfo:
         """See `Client.register`; the file is read off the event loop."""
         path = Path(path)
-        size, sha256 = await asyncio.to_thread(file_sha256, path)
+        size, sha256 = await asyncio.to_thread(hash_file, path)
         manifest = register_manifest(
             name,
             size,

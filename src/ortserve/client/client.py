@@ -9,7 +9,6 @@ one onto RegistryService RPCs; their result types live in `ortserve.client.rollo
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from ortserve.client.rollout import (
     traffic_of,
     traffic_request,
 )
+from ortserve.store.digest import hash_file
 
 CHUNK_BYTES = 1 << 20
 DEFAULT_RETRY = RetryPolicy()
@@ -309,16 +309,6 @@ def predict_request(
     )
 
 
-def file_sha256(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while block := f.read(CHUNK_BYTES):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
-
-
 def register_manifest(
     name: str,
     size: int,
@@ -540,7 +530,7 @@ class Client:
         `batching` sets every batching setting; `max_batch_size` alone is its shorthand.
         """
         path = Path(path)
-        size, sha256 = file_sha256(path)
+        size, sha256 = hash_file(path)
         manifest = register_manifest(
             name,
             size,
