@@ -65,6 +65,8 @@ class OrtServer:
         await parts.core.aclose()
         await parts.control.aclose()
         parts.executor.shutdown(wait=True)
+        # The registry's pooled connections (nothing uses the database past control.aclose).
+        await asyncio.to_thread(parts.control.registry.engine.dispose)
         if parts.tracer_provider is not None:  # flush the spans still batched for export
             await asyncio.to_thread(parts.tracer_provider.shutdown)
         log.info("server_stopped")
