@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from ortserve.server import streams
 from ortserve.server.streams import ordered_answers
 
 
@@ -150,3 +151,36 @@ async def test_a_message_deadline_applies_to_that_message_only() -> None:
     done, _ = await asyncio.wait({consumer}, timeout=5)  # asyncio.wait never cancels the consumer
     assert consumer in done, f"the stream stalled; answers so far: {out}"
     assert out == [-1, 1, 2]
+
+
+async def test_closing_the_stream_cancels_the_answer_still_waiting_for_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the pending answers at their bound, the reader has started the next answer and waits
+    to queue it: closing the stream must cancel that one too, not leave it running unowned."""
+    monkeypatch.setattr(streams, "MAX_PENDING", 1)
+    messages = Messages()
+    cancelled: list[int] = []
+
+    async def answer(n: int) -> int:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(n)
+            raise
+        return n
+
+    for n in range(3):  # 0 is awaited by the consumer, 1 fills the queue, 2 waits for room
+        messages.queue.put_nowait(n)
+    stream = ordered_answers(messages, answer)
+    consumer = asyncio.create_task(collect(stream, []))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert messages.read == 3
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    await stream.aclose()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert sorted(cancelled) == [0, 1, 2]

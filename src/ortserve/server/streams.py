@@ -27,7 +27,12 @@ async def ordered_answers(
     async def read() -> None:
         try:
             async for request in requests:
-                await pending.put(start_eagerly(answer(request)))
+                started = start_eagerly(answer(request))
+                try:
+                    await pending.put(started)
+                except BaseException:  # the stream closed while waiting for room: nobody will await it
+                    started.cancel()
+                    raise
         finally:
             await pending.put(None)
 
