@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 from ortserve.errors import FailedPrecondition, InvalidInput
 from ortserve.store.file import FileStore, FileStoreUpload
 from ortserve.store.interface import BlobInfo
+
+WAIT_S = 10.0
 
 
 def _open(store: FileStore, data: bytes, **limits: int) -> FileStoreUpload:
@@ -168,3 +171,37 @@ def test_collect_garbage_keeps_a_blob_stored_again_after_it_was_listed(tmp_path:
     os.utime(orphan, (old, old))
     assert store.collect_garbage(set(), blob_grace_s=3600) == []
     assert orphan.read_bytes() == b"again"
+
+
+def test_abort_waits_for_a_write_in_progress(tmp_path: Path) -> None:
+    """A registration cancelled while a thread writes a chunk aborts from the event loop at once; the
+    abort waits for that write instead of closing the descriptor under it (where another file could
+    get the same number and the chunk's bytes)."""
+    in_write, release = threading.Event(), threading.Event()
+
+    class HeldChunk(bytes):
+        def __len__(self) -> int:  # write() asks for the length first: hold the write there
+            in_write.set()
+            assert release.wait(WAIT_S)
+            return super().__len__()
+
+    store = FileStore(tmp_path)
+    upload = _open(store, b"chunk")
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            upload.write(HeldChunk(b"chunk"))
+        except BaseException as exc:
+            failures.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert in_write.wait(WAIT_S)
+    aborter = threading.Thread(target=upload.abort)
+    aborter.start()
+    aborter.join(timeout=1.0)  # without the wait, abort is done by now, the write still to come
+    release.set()
+    writer.join(WAIT_S)
+    aborter.join(WAIT_S)
+    assert failures == [] and not upload.path.exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,6 +62,9 @@ class FileUpload:
         self.size = 0
         self._what = what
         self._hash = hashlib.sha256()
+        # Held by write, seal and abort: an abort (from the event loop, when the caller goes away)
+        # waits for a chunk being written in a thread instead of closing the descriptor under it.
+        self._lock = threading.Lock()
         with writing("creating the upload's temp file", path, what):
             self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.closed = False
@@ -70,6 +74,10 @@ class FileUpload:
         return self._hash.hexdigest()
 
     def write(self, chunk: bytes) -> None:
+        with self._lock:
+            self._write(chunk)
+
+    def _write(self, chunk: bytes) -> None:
         if self._fd is None:
             raise InvalidInput("the upload is already finished")
         if self.max_chunk_bytes is not None and len(chunk) > self.max_chunk_bytes:
@@ -91,7 +99,9 @@ class FileUpload:
 
     def seal(self) -> None:
         """Flush the bytes to disk and close the file; idempotent."""
-        if self._fd is not None:
+        with self._lock:
+            if self._fd is None:
+                return
             fd, self._fd = self._fd, None
             with writing("flushing the upload", self.path, self._what):
                 try:
@@ -112,8 +122,9 @@ class FileUpload:
 
     def abort(self) -> None:
         """Drop the temp file; idempotent. A file that cannot be removed is left to garbage collection."""
-        self.closed = True
-        fd, self._fd = self._fd, None
+        with self._lock:
+            self.closed = True
+            fd, self._fd = self._fd, None
         try:
             if fd is not None:
                 os.close(fd)
