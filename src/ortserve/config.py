@@ -6,6 +6,7 @@ Settings are frozen dataclasses validated at start with messages that name the v
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -161,12 +162,13 @@ class ServerConfig:
             raise InvalidInput(f"log_format must be auto, json or console, got {self.log_format!r}")
         if self.memory_budget_bytes < 0:
             raise InvalidInput(f"memory_budget_bytes must be >= 0, got {self.memory_budget_bytes}")
-        if self.grace_period_s < 0:
-            raise InvalidInput(f"grace_period_s must be >= 0, got {self.grace_period_s}")
+        if not (math.isfinite(self.grace_period_s) and self.grace_period_s >= 0):
+            raise InvalidInput(f"grace_period_s must be a finite number >= 0, got {self.grace_period_s}")
         if not self.providers:
             raise InvalidInput("providers must name at least one execution provider")
-        if self.intra_op_threads < 0 or self.executor_threads < 0:
-            raise InvalidInput("intra_op_threads and executor_threads must be >= 0")
+        for name in ("intra_op_threads", "executor_threads"):
+            if getattr(self, name) < 0:
+                raise InvalidInput(f"{name} must be >= 0, got {getattr(self, name)}")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise InvalidInput("tls_cert_file and tls_key_file must be set together")
         if self.tls_client_ca_file and not self.tls_cert_file:

@@ -49,6 +49,10 @@ def test_env_lists_and_default_db_url(tmp_path: Path) -> None:
         ({"ORTSERVE_MAX_MESSAGE_BYTES": "10"}, "max_message_bytes must be in 1 MiB..2047 MiB, got 10"),
         ({"ORTSERVE_GIL_SWITCH_INTERVAL_US": "0"}, "gil_switch_interval_us must be in 50..100000, got 0"),
         ({"ORTSERVE_POLL_INTERVAL_S": "0.001"}, "poll_interval_s must be in 0.05..3600, got 0.001"),
+        ({"ORTSERVE_GRACE_PERIOD_S": "nan"}, "grace_period_s must be a finite number >= 0, got nan"),
+        ({"ORTSERVE_GRACE_PERIOD_S": "-1"}, "grace_period_s must be a finite number >= 0, got -1.0"),
+        ({"ORTSERVE_INTRA_OP_THREADS": "-2"}, "intra_op_threads must be >= 0, got -2"),
+        ({"ORTSERVE_EXECUTOR_THREADS": "-1"}, "executor_threads must be >= 0, got -1"),
     ],
 )
 def test_bad_values_name_the_setting(environ: dict[str, str], message: str) -> None:
