@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from asyncio import CancelledError
@@ -17,7 +18,7 @@ from ortserve.runtime.signature import Signature, check_feeds
 from ortserve.scheduler.calls import PredictCall, PredictResult
 from ortserve.scheduler.pool import ModelPool, VersionSlot
 from ortserve.scheduler.shadow import NullShadowObserver, ShadowObserver, ShadowStats
-from ortserve.scheduler.shm import SharedMemoryRegistry
+from ortserve.scheduler.shm import SharedMemoryRegistry, detached
 
 log = structlog.get_logger(__name__)
 
@@ -95,6 +96,7 @@ class InferenceCore:
         policy = self.pool.routes(call.model).policy
         if policy is None or not policy.shadow_target or random.random() >= policy.shadow_share:
             return
+        call = dataclasses.replace(call, feeds={name: detached(a) for name, a in call.feeds.items()})
         task = asyncio.create_task(self._shadow(call, served, policy.shadow_target))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)

@@ -199,6 +199,17 @@ class SharedMemoryRegistry:
             raise
 
 
+def detached(array: np.ndarray) -> np.ndarray:
+    """`array`, copied when it is a view of a shared memory mapping: whatever reads it after the
+    request was answered (a shadow copy) must not see the caller's next input there."""
+    base: object = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap):
+        return array.copy()
+    return array
+
+
 def _check_name(name: str) -> None:
     if not name or len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(
@@ -206,4 +217,4 @@ def _check_name(name: str) -> None:
         )
 
 
-__all__ = ["Region", "RegionLookup", "SharedMemoryRegistry"]
+__all__ = ["Region", "RegionLookup", "SharedMemoryRegistry", "detached"]
