@@ -162,14 +162,14 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 def _db_gc(args: argparse.Namespace) -> int:
     from ortserve.config import load_config
-    from ortserve.registry.db import make_engine
+    from ortserve.registry.db import engine_for
     from ortserve.registry.service import Registry
     from ortserve.store import open_store
 
     if args.grace < 0:
         raise OrtserveError(f"--grace must be >= 0 seconds, got {args.grace:g}")
     config = load_config(args.config, overrides=_overrides(args))
-    engine = make_engine(config.db_url)
+    engine = engine_for(config.db_url)
     try:
         # A database without the registry's tables fails in collect_garbage before anything is removed.
         registry = Registry(engine, open_store(config), max_model_bytes=config.max_model_bytes)

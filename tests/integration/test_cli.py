@@ -112,6 +112,14 @@ def test_an_unreachable_database_is_one_line_without_the_password(
     assert lines[0].startswith(f"error: db {shown}: cannot open")
 
 
+@pytest.mark.parametrize("command", [("db", "gc"), ("db", "upgrade")])
+def test_a_database_url_sqlalchemy_cannot_use_is_one_line(command: tuple[str, ...], tmp_path: Path) -> None:
+    proc = ortserve(*command, "--db", "nosuchdialect://x", "--data-dir", str(tmp_path), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: db is not a usable SQLAlchemy URL: ")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_rollout_walkthrough(served: tuple[str, Path]) -> None:
     """The README's rollout walkthrough, command by command."""
     address, tmp = served

@@ -76,13 +76,18 @@ def _sqlite_engine(url: sa.URL, **kwargs: Any) -> sa.Engine:
     return engine
 
 
+def engine_for(url: str) -> sa.Engine:
+    """`make_engine`, with a URL SQLAlchemy cannot use refused in one line naming the setting."""
+    try:
+        return make_engine(url)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise InvalidInput(f"db is not a usable SQLAlchemy URL: {exc}") from None
+
+
 def open_registry(url: str) -> sa.Engine:
     """The registry's engine with its schema migrated; one line naming the setting and the address
     (password hidden) when the database cannot be reached at start."""
-    try:
-        engine = make_engine(url)
-    except (sa.exc.ArgumentError, ImportError) as exc:
-        raise InvalidInput(f"db is not a usable SQLAlchemy URL: {exc}") from None
+    engine = engine_for(url)
     try:
         upgrade(engine)
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
