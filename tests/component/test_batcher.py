@@ -316,3 +316,35 @@ async def test_slow_thread_timings_do_not_close_the_inline_path(executor: Any) -
     await batcher.submit(linear_feeds(1), ["y"], 1, None)
     assert recorder.flushes == ["immediate"]
     await batcher.aclose()
+
+
+@pytest.mark.parametrize(
+    ("inline_us", "idle_inline_us", "on_loop"),
+    [
+        (1, 100_000, True),  # over inline_compute_us, under the idle limit: the loop computes it
+        (1, 1, False),  # over both: a thread
+        (0, 100_000, False),  # inline_compute_us 0 turns every inline path off
+    ],
+)
+async def test_a_request_finding_the_version_idle_uses_the_idle_inline_limit(
+    executor: Any, inline_us: int, idle_inline_us: int, on_loop: bool
+) -> None:
+    """An idle version computes a request on the event loop under `idle_inline_compute_us`, even
+    when it costs more than `inline_compute_us`: nothing else waits for the loop then."""
+    session = GatedSession(onnx_models.linear())
+    session.gate.set()
+    threads: list[int] = []
+    session.on_run = lambda: threads.append(threading.get_ident())
+    batcher, recorder = make(
+        session, executor, inline_compute_us=inline_us, idle_inline_compute_us=idle_inline_us
+    )
+    for _ in range(8):  # the first batches run on a thread until the model has an estimate
+        await batcher.wait_idle()
+        await batcher.submit(linear_feeds(1), ["y"], 1, None)
+    await batcher.wait_idle()
+    threads.clear()
+    recorder.flushes.clear()
+    await batcher.submit(linear_feeds(1), ["y"], 1, None)
+    assert (threads == [threading.get_ident()]) is on_loop
+    assert (recorder.flushes == ["immediate"]) is on_loop
+    await batcher.aclose()

@@ -53,6 +53,9 @@ class Outcome:
     cpu_ns: int  # the computing thread's own CPU time
 
 
+IDLE_INLINE_FACTOR = 4
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BatcherConfig:
     """`max_batch_size` <= 1 runs every request on its own (batching off)."""
@@ -65,6 +68,11 @@ class BatcherConfig:
     # Batches expected to compute faster than this run on the event loop itself: for tiny
     # models a hop to a thread costs more than the computation. 0 always uses the threads.
     inline_compute_us: int = 0
+    # The same for a request that finds the version idle (nothing queued, no batch running): the
+    # loop has nothing else to do then, and the hop (a thread wake-up, two GIL hand-overs and a
+    # loop wake-up: about 0.2 ms of CPU per request here) would cost more than a computation of
+    # this size delays a request arriving meanwhile. None: IDLE_INLINE_FACTOR x inline_compute_us.
+    idle_inline_compute_us: int | None = None
 
 
 class Batcher:
@@ -93,6 +101,10 @@ class Batcher:
         self._observer = observer
         self._batching = config.max_batch_size > 1
         self._inline_ns = config.inline_compute_us * 1000
+        idle_us = config.idle_inline_compute_us
+        self._idle_inline_ns = (
+            config.inline_compute_us * IDLE_INLINE_FACTOR if idle_us is None else idle_us
+        ) * 1000
         self.latency = LatencyModel()  # wall time per batch size, wherever the batch ran
         # What a batch would cost the event loop: the computing thread's own CPU time. A
         # thread's wall time also counts its waits for the GIL while the loop is busy; judging
@@ -132,7 +144,8 @@ class Batcher:
         priority: int = 0,
     ) -> tuple[list[np.ndarray], Timing]:
         """Queue one request and wait for its share of a batch's outputs."""
-        if not self._queue.depth and not self._workers and not self._closed and self._fits_inline(rows):
+        idle = not self._queue.depth and not self._workers and not self._closed
+        if idle and self._fits_inline(rows, self._idle_inline_ns):
             return self._run_now(feeds, outputs, rows)
         request = self._admit(feeds, outputs, rows, deadline)
         with self._lock:
@@ -267,12 +280,13 @@ class Batcher:
         self._timer = None
         self._dispatch()
 
-    def _fits_inline(self, rows: int) -> bool:
-        """Whether computing `rows` on the event loop should take under `inline_compute_us`."""
+    def _fits_inline(self, rows: int, limit_ns: int | None = None) -> bool:
+        """Whether computing `rows` on the event loop should take under `limit_ns` (default:
+        `inline_compute_us`). `inline_compute_us` 0 turns the inline path off."""
         if not self._inline_ns:
             return False
         estimate = self._loop_cost.estimate(rows)
-        return estimate is not None and estimate <= self._inline_ns
+        return estimate is not None and estimate <= (self._inline_ns if limit_ns is None else limit_ns)
 
     def _execute_inline(self, batch: Batch) -> None:
         """Compute on the event loop: no thread hop; the loop is busy for microseconds."""
