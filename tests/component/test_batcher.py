@@ -254,13 +254,14 @@ async def test_deadline_aware_flush_and_early_rejection(executor: Any) -> None:
     session.gate.set()
     batcher, recorder = make(session, executor, max_queue_delay_us=5_000_000)
     for _ in range(3):
-        batcher.latency.observe(1, 20_000_000)  # 20 ms per row, learned
+        batcher.latency.observe(1, 400_000_000)  # 400 ms per row, learned: a wide margin on a busy machine
     loop = asyncio.get_running_loop()
     with pytest.raises(
         DeadlineExceeded, match=r"cannot finish within its deadline: .* ms left, computing 1 row"
     ):
         await batcher.submit(linear_feeds(1), ["y"], 1, loop.time() + 0.005)
-    await batcher.submit(linear_feeds(1), ["y"], 1, loop.time() + 0.2)
+    # Closed about 400 ms before the deadline instead of after the 5 s queue delay.
+    await batcher.submit(linear_feeds(1), ["y"], 1, loop.time() + 0.8)
     assert recorder.flushes == ["deadline"]
     await batcher.aclose()
 
