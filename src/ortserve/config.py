@@ -109,6 +109,9 @@ class ServerConfig:
     # RPCs one connection may have open at once (HTTP/2 SETTINGS; clients queue the rest); 0: no limit.
     max_concurrent_streams: int = 0
     # Input tensor bytes of one inference request (RESOURCE_EXHAUSTED above); 0: max_message_bytes.
+    # System shared memory (OIP extension): callers may map only /dev/shm objects whose key starts
+    # with this ("/" allows every object the server's user can open).
+    shared_memory_key_prefix: str = "/ortserve-"
     max_request_bytes: int = 0
     # Ping a client after this long without activity on a connection with calls, to find dead peers.
     keepalive_time_ms: int = 60_000
@@ -150,6 +153,7 @@ class ServerConfig:
     workers: int = 1
 
     def __post_init__(self) -> None:
+        _check_prefix("shared_memory_key_prefix", self.shared_memory_key_prefix)
         for name, (low, high) in _RANGES.items():
             value = getattr(self, name)
             if not low <= value <= high:
@@ -203,6 +207,11 @@ class ServerConfig:
 def hide_password(url: str) -> str:
     """`url` with the password of its user info (scheme://user:PASSWORD@host) replaced by ***."""
     return _USER_PASSWORD.sub(r"\1***@", url, count=1)
+
+
+def _check_prefix(name: str, value: str) -> None:
+    if not value.startswith("/"):
+        raise InvalidInput(f"{name} must start with '/', got {value!r}")
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:

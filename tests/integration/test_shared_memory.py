@@ -157,6 +157,12 @@ async def test_a_bad_key_is_refused_naming_it(running: Running, segment: shared_
     for key, message in BAD_KEYS.items():
         await expect_error(oip.SystemSharedMemoryRegister(register("bad", key)), INVALID, f"key {key!r}")
         await expect_error(oip.SystemSharedMemoryRegister(register("bad", key)), INVALID, message)
+    outside = "/psm-not-ours"  # a valid name outside the server's key prefix: never opened
+    await expect_error(
+        oip.SystemSharedMemoryRegister(register("bad", outside)),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "maps only keys starting with '/ortserve-' (its shared_memory_key_prefix setting)",
+    )
     link = Path("/dev/shm") / f"ortserve-link-{uuid.uuid4().hex[:12]}"
     link.symlink_to(Path("/dev/shm") / segment.name.lstrip("/"))
     try:

@@ -17,6 +17,7 @@ def test_a_method_nobody_listed_needs_admin() -> None:
     assert required_scope("/ortserve.api.v1.RegistryService/SetShadow") is Scope.ADMIN
     assert required_scope("/ortserve.api.v1.InferenceService/Predict") is Scope.INFER
     assert required_scope("/grpc.health.v1.Health/Check") is Scope.OPEN
+    assert required_scope("/grpc.health.v1.Health/List") is Scope.INFER
     reflection = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
     assert required_scope(reflection) is Scope.INFER
     assert required_scope(reflection, reflection_public=True) is Scope.OPEN

@@ -159,7 +159,7 @@ class SharedFeeds:
     def __init__(self, feeds: dict[str, np.ndarray]) -> None:
         self._data = {name: raw_bytes(array) for name, array in feeds.items()}
         self._feeds = feeds
-        self.region = f"bench-{uuid.uuid4().hex[:12]}"
+        self.region = f"ortserve-bench-{uuid.uuid4().hex[:12]}"  # the server's default key prefix
         size = max(1, sum(len(d) for d in self._data.values()))
         self._shm = shared_memory.SharedMemory(name=self.region, create=True, size=size)
 

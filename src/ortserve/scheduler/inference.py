@@ -36,6 +36,7 @@ class InferenceCore:
         classify: Callable[[BaseException], str] = lambda exc: "ERROR",
         shadow_observer: ShadowObserver | None = None,
         max_request_bytes: int = 0,
+        shared_memory_key_prefix: str = "",
     ) -> None:
         self.pool = pool
         self.max_request_bytes = max_request_bytes
@@ -44,7 +45,7 @@ class InferenceCore:
         self.shadows: dict[str, ShadowStats] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         # System shared memory regions of the callers (OIP extension); unmapped in aclose.
-        self.shared_memory = SharedMemoryRegistry()
+        self.shared_memory = SharedMemoryRegistry(key_prefix=shared_memory_key_prefix)
 
     async def predict(self, call: PredictCall) -> PredictResult:
         deadline = _deadline(call.timeout_s)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ortserve.errors import AlreadyExists, InvalidInput, NotFound, ResourceExhausted, logged
+from ortserve.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied, ResourceExhausted, logged
 
 SHM_DIR = "/dev/shm"
 MAX_REGIONS_PER_CALLER = 256
@@ -117,8 +117,11 @@ RegionLookup = Callable[[str], Region]
 class SharedMemoryRegistry:
     """Regions by owner and name; used from the event loop only, so it needs no lock."""
 
-    def __init__(self, shm_dir: str = SHM_DIR) -> None:
+    def __init__(self, shm_dir: str = SHM_DIR, key_prefix: str = "") -> None:
         self._dir = shm_dir
+        # Only objects whose key starts with this may be mapped: without it, any caller with the
+        # infer scope could map any object in /dev/shm that the server's user can open.
+        self._key_prefix = key_prefix
         self._regions: dict[str, dict[str, Region]] = {}
 
     def register(self, owner: str, name: str, key: str, offset: int, byte_size: int) -> Region:
@@ -176,6 +179,11 @@ class SharedMemoryRegistry:
         if not _KEY.match(key) or key in ("/.", "/.."):
             raise InvalidInput(
                 f"{what}: a key must be a POSIX shared memory name, '/' and 1-255 characters without '/'"
+            )
+        if not key.startswith(self._key_prefix):
+            raise PermissionDenied(
+                f"{what}: this server maps only keys starting with {self._key_prefix!r} "
+                "(its shared_memory_key_prefix setting)"
             )
         try:
             fd = os.open(os.path.join(self._dir, key[1:]), _OPEN_FLAGS)

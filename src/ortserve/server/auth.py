@@ -71,8 +71,8 @@ CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("ortserve_caller", 
 
 def required_scope(method: str, *, reflection_public: bool = False) -> Scope:
     """The scope `method` needs: the one place authorization is decided."""
-    if method.startswith(HEALTH_PREFIX):
-        return Scope.OPEN
+    if method.startswith(HEALTH_PREFIX):  # probes; List names every model, so it needs infer
+        return Scope.INFER if method == f"{HEALTH_PREFIX}List" else Scope.OPEN
     if method.startswith(REFLECTION_PREFIX):
         return Scope.OPEN if reflection_public else Scope.INFER
     return Scope.INFER if method in INFER_METHODS else Scope.ADMIN

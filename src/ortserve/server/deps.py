@@ -107,6 +107,7 @@ def build_server(config: ServerConfig, tracer_provider: Any = None) -> Component
         classify=lambda exc: code_of(exc).name,
         shadow_observer=metrics.shadow,
         max_request_bytes=config.max_request_bytes or config.max_message_bytes,
+        shared_memory_key_prefix=config.shared_memory_key_prefix,
     )
     failures_log = BoundedLog(structlog.get_logger("ortserve.rpc").warning)
     failures = Failures(metrics.stream_message_failed, failures_log)
