@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -58,13 +59,21 @@ class PermissionDenied(OrtserveError):
     """The caller is known but lacks the scope for this call."""
 
 
-def logged(message: str, detail: BaseException | str, *, level: str = "warning", **fields: Any) -> str:
+def logged(
+    message: str,
+    detail: BaseException | str,
+    *,
+    level: str = "warning",
+    emit: Callable[..., Any] | None = None,
+    **fields: Any,
+) -> str:
     """`message` for the caller, with a correlation id; `detail` (a dependency's own text, which may
-    hold paths or internals) goes only to the log line that carries the same id."""
+    hold paths or internals) goes only to the log line that carries the same id. `emit` replaces
+    the logger, e.g. by one that bounds the rate of errors callers can cause."""
     correlation_id = uuid.uuid4().hex[:16]
     exc_info = detail if isinstance(detail, BaseException) else None
     text = "" if exc_info is not None else detail
-    emit = getattr(_log, level)
+    emit = emit or getattr(_log, level)
     emit(
         "error_detail",
         correlation_id=correlation_id,

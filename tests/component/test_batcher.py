@@ -349,3 +349,21 @@ async def test_a_request_finding_the_version_idle_uses_the_idle_inline_limit(
     assert (threads == [threading.get_ident()]) is on_loop
     assert (recorder.flushes == ["immediate"]) is on_loop
     await batcher.aclose()
+
+
+async def test_a_flood_of_failing_batches_logs_a_bounded_number_of_lines(executor: Any) -> None:
+    """Every caller gets its correlation id; the log keeps at most a burst of ONNX Runtime texts."""
+    import structlog
+
+    session = OrtSession(ort.InferenceSession(onnx_models.gather(picks="P")), ())
+    batcher, _ = make(session, executor)
+    data = np.arange(8, dtype=np.float32).reshape(2, 4)
+    bad = {"data": data, "idx": np.full((2, 2), 99, np.int64)}  # out of range: ONNX Runtime fails
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(50):
+            with pytest.raises(InvalidInput, match=r"in ONNX Runtime \(Fail\)" + LOGGED):
+                await batcher.submit(bad, ["out"], 2, None)
+    details = [e for e in logs if e["event"] == "error_detail"]
+    assert 1 <= len(details) <= 5, len(details)
+    assert all(isinstance(e["exc_info"], Exception) for e in details)
+    await batcher.aclose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ortserve.server.failures import BoundedLog
+from ortserve.bounded_log import BoundedLog
 
 
 class Clock:

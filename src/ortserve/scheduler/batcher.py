@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
+import structlog
 
+from ortserve.bounded_log import BoundedLog
 from ortserve.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -91,6 +93,9 @@ class Batcher:
     ) -> None:
         self._session = session
         self._tracer = tracer  # None unless tracing is configured: one test per request
+        self._failure_log = BoundedLog(
+            structlog.get_logger("ortserve.errors").warning
+        )  # ONNX Runtime's texts of failed batches
         slots = max(1, config.max_concurrent_batches)
         # By default each version has its own threads, one per batch it may run at once.
         self._own_executor = executor is None
@@ -416,8 +421,13 @@ class Batcher:
         if not is_ort_error(exc):
             return exc
         scope = "this input" if requests == 1 else f"a batch of {requests} requests"
-        message = f"{self._name} failed on {scope} in ONNX Runtime ({type(exc).__name__})"
-        return InvalidInput(logged(message, exc))
+        kind = type(exc).__name__
+        message = f"{self._name} failed on {scope} in ONNX Runtime ({kind})"
+
+        def emit(event: str, **fields: Any) -> None:  # callers can fail batches at any rate
+            self._failure_log(event, self._name, kind, **fields)
+
+        return InvalidInput(logged(message, exc, emit=emit))
 
     async def aclose(self) -> None:
         """Stop taking requests; fail those still queued; let running batches finish."""

@@ -19,6 +19,7 @@ from ortserve import faults
 from ortserve.api.inference import grpc_service_pb2_grpc as oip_grpc
 from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
+from ortserve.bounded_log import BoundedLog
 from ortserve.config import ServerConfig
 from ortserve.console import Console
 from ortserve.control import ControlPlane
@@ -31,7 +32,7 @@ from ortserve.scheduler.pool import ModelPool
 from ortserve.server import soak_leak
 from ortserve.server.auth import TokenAuth
 from ortserve.server.errors import code_of
-from ortserve.server.failures import BoundedLog, Failures
+from ortserve.server.failures import Failures
 from ortserve.server.health import Health
 from ortserve.server.http import HttpServer
 from ortserve.server.inference_servicer import InferenceServicer
