@@ -6,13 +6,13 @@ import asyncio
 import gc
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from ortserve.config import ServerConfig
 from ortserve.errors import Unavailable
+from ortserve.files import write_atomically
 from ortserve.model_dir import register_model_dir
 from ortserve.server.deps import Components, build_http, build_server, server_credentials
 
@@ -80,7 +80,7 @@ async def serve(config: ServerConfig, port_file: str | None = None) -> None:
     server = OrtServer(config)
     await server.start()
     if port_file:
-        await asyncio.to_thread(_write_port, port_file, server.port)
+        await asyncio.to_thread(write_atomically, port_file, str(server.port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -88,12 +88,6 @@ async def serve(config: ServerConfig, port_file: str | None = None) -> None:
     await stop.wait()
     log.info("shutdown_requested")
     await server.stop()
-
-
-def _write_port(port_file: str, port: int) -> None:
-    tmp = Path(port_file + ".tmp")
-    tmp.write_text(str(port))
-    tmp.replace(port_file)
 
 
 def _tune_interpreter(config: ServerConfig) -> None:

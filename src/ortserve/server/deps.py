@@ -62,6 +62,8 @@ class Components:
     executor: ThreadPoolExecutor
     # OpenTelemetry's TracerProvider when tracing is on: shut down last, to flush its spans.
     tracer_provider: Any = None
+    # The token check the gRPC interceptor and the console share; None without tokens.
+    auth: TokenAuth | None = None
 
 
 def _threads(config: ServerConfig) -> tuple[int, int]:
@@ -74,6 +76,7 @@ def build_server(config: ServerConfig, tracer_provider: Any = None) -> Component
     """Wire every component; nothing is started yet. `tracer_provider` (OpenTelemetry) turns
     tracing on, as `otlp_endpoint` does; tests pass one with an in-memory exporter."""
     tracer_provider = tracer_provider or _otlp_provider(config)
+    auth = _auth(config)  # before anything is built: a bad token entry fails the start at once
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     faults.install()  # test-only crash points, armed by ORTSERVE_TEST_FAULT
     engine = open_registry(config.db_url)
@@ -114,7 +117,7 @@ def build_server(config: ServerConfig, tracer_provider: Any = None) -> Component
     failures = Failures(metrics.stream_message_failed, failures_log)
     server = aio.server(
         interceptors=[
-            RpcInterceptor(metrics, failures, _auth(config), _rpc_tracing(tracer_provider)),
+            RpcInterceptor(metrics, failures, auth, _rpc_tracing(tracer_provider)),
             *soak_leak.interceptors(),
         ],
         options=server_options(config),
@@ -124,7 +127,7 @@ def build_server(config: ServerConfig, tracer_provider: Any = None) -> Component
     rpb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(control, core), server)
     oip_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(core, control, failures), server)
     _add_health_and_reflection(server, health, config)
-    return Components(config, server, control, core, health, metrics, executor, tracer_provider)
+    return Components(config, server, control, core, health, metrics, executor, tracer_provider, auth)
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -173,8 +176,7 @@ def build_http(parts: Components) -> HttpServer:
     console = None
     if config.console:
         shadows = parts.core.shadows
-        auth = _auth(config)
-        console = Console(parts.control, shadows, parts.metrics, auth, actions=config.console_actions)
+        console = Console(parts.control, shadows, parts.metrics, parts.auth, actions=config.console_actions)
     return HttpServer(parts.metrics.registry, console)
 
 

@@ -41,6 +41,7 @@ from prometheus_client.registry import Collector
 
 from ortserve.config import ServerConfig
 from ortserve.errors import Unavailable
+from ortserve.files import write_atomically
 
 log = structlog.get_logger(__name__)
 
@@ -279,7 +280,7 @@ def _run(supervisor: Supervisor, port_file: str | None, metrics_port: int) -> in
             supervisor.spawn(worker)
         supervisor.wait_until_serving()
         if port_file and not supervisor.stopping.is_set():
-            _write_port(port_file, config.port)
+            write_atomically(port_file, str(config.port))
         log.info("workers_started", address=f"{config.host}:{config.port}", metrics_port=metrics_port)
         supervisor.watch()
         log.info("shutdown_requested")
@@ -304,12 +305,6 @@ def _metrics_server(config: ServerConfig, supervisor: Supervisor) -> ThreadingHT
         ) from exc
 
 
-def _write_port(port_file: str, port: int) -> None:
-    tmp = Path(port_file + ".tmp")
-    tmp.write_text(str(port))
-    tmp.replace(port_file)
-
-
 # The worker side: one full server that names its HTTP port in a file once serving.
 
 
@@ -319,7 +314,7 @@ async def _run_worker(config: ServerConfig, info_file: str) -> None:
     server = OrtServer(config, http_host="127.0.0.1")  # reached by the supervisor only
     await server.start()
     info = {"pid": os.getpid(), "port": server.port, "metrics_port": server.metrics_port}
-    await asyncio.to_thread(_write_json, info_file, info)
+    await asyncio.to_thread(write_atomically, info_file, json.dumps(info))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -336,12 +331,6 @@ def _stop_when_orphaned(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) ->
         pass
     log.warning("supervisor_gone")
     loop.call_soon_threadsafe(stop.set)
-
-
-def _write_json(path: str, data: dict[str, Any]) -> None:
-    tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
 
 
 def _worker_main() -> None:
