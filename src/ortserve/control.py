@@ -17,8 +17,7 @@ from typing import Any
 import structlog
 
 from ortserve.errors import FailedPrecondition, OrtserveError
-from ortserve.registry.notify import listen
-from ortserve.registry.records import (
+from ortserve.records import (
     PRODUCTION,
     AliasRecord,
     Manifest,
@@ -28,6 +27,7 @@ from ortserve.registry.records import (
     TrafficPolicy,
     VersionState,
 )
+from ortserve.registry.notify import listen
 from ortserve.registry.service import Registry
 from ortserve.scheduler.pool import ModelPool, VersionSlot
 

@@ -26,7 +26,7 @@ import structlog
 
 from ortserve import triton_repo
 from ortserve.errors import InvalidInput, NotFound, ResourceExhausted
-from ortserve.registry.records import BatchingSettings, ModelVersionRecord
+from ortserve.records import BatchingSettings, ModelVersionRecord
 from ortserve.registry.service import Registry, check_name
 from ortserve.store import hash_file
 

@@ -19,7 +19,7 @@ from google.protobuf import text_format
 
 from ortserve.api.inference import model_config_pb2
 from ortserve.errors import InvalidInput
-from ortserve.registry.records import BatchingSettings
+from ortserve.records import BatchingSettings
 from ortserve.registry.service import check_name
 from ortserve.scheduler.routing import is_number
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from ortserve.errors import FailedPrecondition
+from ortserve.records import VersionState
 from ortserve.registry.db import make_engine, upgrade
-from ortserve.registry.records import VersionState
 from ortserve.registry.service import Registry
 from ortserve.runtime.session import SessionDefaults
 from ortserve.scheduler.pool import ModelPool

@@ -23,7 +23,7 @@ from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
 from ortserve.client.client import to_tensor
 from ortserve.config import ServerConfig, load_config
-from ortserve.registry.records import ProviderSpec
+from ortserve.records import ProviderSpec
 from ortserve.server.app import OrtServer
 from tests import onnx_models
 

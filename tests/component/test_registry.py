@@ -14,14 +14,14 @@ import pytest
 import sqlalchemy as sa
 
 from ortserve.errors import InvalidInput, NotFound, ResourceExhausted, Unavailable
-from ortserve.registry.db import current_revision, make_engine, upgrade
-from ortserve.registry.records import (
+from ortserve.records import (
     BatchingSettings,
     Manifest,
     ProviderSpec,
     SessionSettings,
     VersionState,
 )
+from ortserve.registry.db import current_revision, make_engine, upgrade
 from ortserve.registry.service import Registry
 from ortserve.runtime.validation import ValidationLimits
 from ortserve.store.file import FileStore

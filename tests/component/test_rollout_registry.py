@@ -15,8 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from ortserve.errors import FailedPrecondition, InvalidInput, NotFound
-from ortserve.registry.db import current_revision, make_engine, upgrade
-from ortserve.registry.records import (
+from ortserve.records import (
     PRODUCTION,
     AliasRecord,
     AuditEventRecord,
@@ -24,6 +23,7 @@ from ortserve.registry.records import (
     TrafficPolicy,
     VersionState,
 )
+from ortserve.registry.db import current_revision, make_engine, upgrade
 from ortserve.registry.service import Registry
 from ortserve.store.file import FileStore
 from tests import registry_workers

@@ -15,7 +15,7 @@ from aiohttp import web
 from playwright.async_api import BrowserContext, Dialog, Page
 
 from ortserve.client.aio import AsyncClient
-from ortserve.registry.records import TrafficEntry
+from ortserve.records import TrafficEntry
 from tests.console.conftest import (
     ADMIN_NAME,
     ADMIN_SECRET,

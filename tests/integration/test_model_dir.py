@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from ortserve.client import AsyncClient
 from ortserve.config import ServerConfig
 from ortserve.errors import NotFound
-from ortserve.registry.records import BatchingSettings, VersionState
+from ortserve.records import BatchingSettings, VersionState
 from ortserve.server.app import OrtServer
 from tests import onnx_models, server_calls
 from tests.integration.processes import start_server

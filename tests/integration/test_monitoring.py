@@ -35,7 +35,7 @@ from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.client.client import to_tensor
 from ortserve.config import ServerConfig
 from ortserve.errors import Unavailable
-from ortserve.registry.records import BatchingSettings, VersionState
+from ortserve.records import BatchingSettings, VersionState
 from ortserve.scheduler.batch_queue import Flush
 from ortserve.server.app import OrtServer
 from tests import onnx_models

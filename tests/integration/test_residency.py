@@ -13,7 +13,7 @@ from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.client.client import to_tensor
 from ortserve.config import ServerConfig
-from ortserve.registry.records import VersionState
+from ortserve.records import VersionState
 from ortserve.server.app import OrtServer
 from tests import onnx_models
 

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from ortserve import cli_tables
+from ortserve.cli import tables as cli_tables
 from ortserve.client import AuditEntry, ModelInfo, ShadowInfo, TrafficInfo, VersionInfo
 
 HOSTILE = "evil\x1b]0;owned\x07 [bold red]markup[/] \u202etxt\ttab\nline"

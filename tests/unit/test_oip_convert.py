@@ -12,11 +12,11 @@ from ortserve import dtypes
 from ortserve.api.inference import grpc_service_pb2 as pb
 from ortserve.api.inference import model_config_pb2 as mc
 from ortserve.errors import InvalidInput
-from ortserve.registry.records import BatchingSettings, ModelVersionRecord, SessionSettings, VersionState
-from ortserve.runtime.signature import Signature, TensorSpec
+from ortserve.records import BatchingSettings, ModelVersionRecord, SessionSettings, VersionState
 from ortserve.scheduler.calls import PredictResult, Timing
 from ortserve.scheduler.pool import DEFAULT_MAX_BATCH_SIZE, VersionSlot
 from ortserve.server import oip_convert as convert
+from ortserve.signature import Signature, TensorSpec
 
 FIXED = [
     "BOOL",

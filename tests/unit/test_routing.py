@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ortserve.errors import InvalidInput, NotFound
-from ortserve.registry.records import TrafficEntry, TrafficPolicy
+from ortserve.records import TrafficEntry, TrafficPolicy
 from ortserve.scheduler.routing import ModelRoutes, choose, parse_weights
 from ortserve.scheduler.shadow import ShadowStats, compare
 

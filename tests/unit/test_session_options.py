@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ortserve.registry.records import SessionSettings
+from ortserve.records import SessionSettings
 from ortserve.runtime import session as session_module
 from ortserve.runtime.session import SessionDefaults, session_options
 

@@ -31,8 +31,8 @@ from ortserve.api.inference import grpc_service_pb2 as oip
 from ortserve.api.inference import grpc_service_pb2_grpc as oip_grpc
 from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.api.v1 import tensor_pb2 as tpb
-from ortserve.bench.args import PROTOCOLS
 from ortserve.bench.stats import Summary, server_timing, summarize
+from ortserve.cli.bench import PROTOCOLS
 from ortserve.errors import InvalidInput, Unavailable
 
 MAX_MESSAGE_BYTES = 256 << 20

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ortserve.control import ControlPlane
 from ortserve.errors import InvalidInput
-from ortserve.registry.records import PRODUCTION
+from ortserve.records import PRODUCTION
 from ortserve.scheduler.routing import is_number, parse_weights
 
 _REGISTRY = "/ortserve.api.v1.RegistryService/"

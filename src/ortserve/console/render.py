@@ -7,7 +7,7 @@ from datetime import datetime
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from ortserve.console.views import audit_text
-from ortserve.registry.records import TrafficPolicy
+from ortserve.records import TrafficPolicy
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 

@@ -12,7 +12,7 @@ from typing import Any
 from ortserve.console.history import Key, Rates
 from ortserve.control import ControlPlane
 from ortserve.errors import OrtserveError
-from ortserve.registry.records import (
+from ortserve.records import (
     PRODUCTION,
     AuditEventRecord,
     ModelVersionRecord,

@@ -11,8 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ortserve.registry.orm import AuditEvent, Model, ModelVersion, RegistryRevision, utcnow
-from ortserve.registry.records import (
+from ortserve.records import (
     AuditEventRecord,
     BatchingSettings,
     ModelRecord,
@@ -21,7 +20,8 @@ from ortserve.registry.records import (
     SessionSettings,
     VersionState,
 )
-from ortserve.runtime.signature import Signature
+from ortserve.registry.orm import AuditEvent, Model, ModelVersion, RegistryRevision, utcnow
+from ortserve.signature import Signature
 
 PathFor = Callable[[str], str]
 

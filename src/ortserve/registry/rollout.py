@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ortserve.errors import FailedPrecondition, InvalidInput, NotFound
+from ortserve.records import AliasRecord, RouteSnapshot, TrafficEntry, TrafficPolicy, VersionState
 from ortserve.registry import repository as repo
 from ortserve.registry.orm import Alias, Model, ModelVersion, TrafficPolicyRow
-from ortserve.registry.records import AliasRecord, RouteSnapshot, TrafficEntry, TrafficPolicy, VersionState
 
 # Starts with a letter, so an alias can never be mistaken for a version number in a selector.
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")

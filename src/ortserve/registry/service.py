@@ -24,12 +24,7 @@ from ortserve.errors import (
     Unavailable,
     logged,
 )
-from ortserve.registry import repository as repo
-from ortserve.registry import rollout
-from ortserve.registry.db import READ_ONLY
-from ortserve.registry.orm import Alias, ModelVersion, TrafficPolicyRow, utcnow
-from ortserve.registry.paging import DEFAULT_PAGE_SIZE, decode_token, encode_token, page_size_of
-from ortserve.registry.records import (
+from ortserve.records import (
     PRODUCTION,
     AliasRecord,
     AuditEventRecord,
@@ -44,6 +39,11 @@ from ortserve.registry.records import (
     TrafficPolicy,
     VersionState,
 )
+from ortserve.registry import repository as repo
+from ortserve.registry import rollout
+from ortserve.registry.db import READ_ONLY
+from ortserve.registry.orm import Alias, ModelVersion, TrafficPolicyRow, utcnow
+from ortserve.registry.paging import DEFAULT_PAGE_SIZE, decode_token, encode_token, page_size_of
 from ortserve.runtime.validation import ModelInfo, ValidationLimits, validate_model
 from ortserve.store import STALE_TEMP_S, BlobStore, BlobUpload, Garbage, hash_file
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ortserve.errors import FailedPrecondition
-from ortserve.registry.records import ProviderSpec
+from ortserve.records import ProviderSpec
 
 CPU = "CPUExecutionProvider"
 

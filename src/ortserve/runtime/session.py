@@ -10,7 +10,7 @@ import numpy as np
 import structlog
 
 from ortserve.errors import FailedPrecondition, logged
-from ortserve.registry.records import ModelVersionRecord, ProviderSpec, SessionSettings
+from ortserve.records import ModelVersionRecord, ProviderSpec, SessionSettings
 from ortserve.runtime.providers import check_fallback, resolve_providers
 
 try:

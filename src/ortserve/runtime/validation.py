@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ortserve import dtypes
 from ortserve.errors import InvalidInput, ResourceExhausted, logged
-from ortserve.runtime.signature import Signature, TensorSpec
+from ortserve.signature import Signature, TensorSpec
 
 if TYPE_CHECKING:
     import onnx

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ortserve.dtypes import BYTES
-from ortserve.runtime.signature import Signature
+from ortserve.signature import Signature
 
 
 def sample_feeds(signature: Signature, rows: int = 1) -> dict[str, np.ndarray]:

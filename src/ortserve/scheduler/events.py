@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ortserve.registry.records import VersionState
+from ortserve.records import VersionState
 
 QUEUE_SIZE = 1000
 

@@ -13,12 +13,12 @@ import numpy as np
 import structlog
 
 from ortserve.errors import DeadlineExceeded, InvalidInput, OrtserveError
-from ortserve.registry.records import VersionState
-from ortserve.runtime.signature import Signature, check_feeds
+from ortserve.records import VersionState
 from ortserve.scheduler.calls import PredictCall, PredictResult
 from ortserve.scheduler.pool import ModelPool, VersionSlot
 from ortserve.scheduler.shadow import NullShadowObserver, ShadowObserver, ShadowStats
 from ortserve.scheduler.shm import SharedMemoryRegistry, detached
+from ortserve.signature import Signature, check_feeds
 
 log = structlog.get_logger(__name__)
 

@@ -27,7 +27,7 @@ from ortserve.errors import (
     logged,
 )
 from ortserve.faults import crash_point
-from ortserve.registry.records import ModelVersionRecord, RouteSnapshot, VersionState
+from ortserve.records import ModelVersionRecord, RouteSnapshot, VersionState
 from ortserve.runtime.session import OrtSession, SessionDefaults, create_session
 from ortserve.runtime.warmup import sample_feeds
 from ortserve.scheduler.batcher import Batcher, BatcherConfig

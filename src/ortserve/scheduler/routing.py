@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ortserve.errors import InvalidInput, NotFound
-from ortserve.registry.records import PRODUCTION, TrafficEntry, TrafficPolicy
+from ortserve.records import PRODUCTION, TrafficEntry, TrafficPolicy
 
 
 def is_number(text: str) -> bool:

@@ -16,7 +16,7 @@ from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.api.v1 import tensor_pb2 as tpb
 from ortserve.errors import InvalidInput
-from ortserve.registry.records import (
+from ortserve.records import (
     AliasRecord,
     AuditEventRecord,
     BatchingSettings,
@@ -28,11 +28,11 @@ from ortserve.registry.records import (
     TrafficPolicy,
     VersionState,
 )
-from ortserve.runtime.signature import Signature, TensorSpec
 from ortserve.scheduler.calls import PredictCall, PredictResult
 from ortserve.scheduler.events import ModelEvent
 from ortserve.scheduler.shadow import ShadowStats
 from ortserve.scheduler.shm import RegionLookup
+from ortserve.signature import Signature, TensorSpec
 
 _ENUM_BY_DTYPE = {
     d: tpb.DataType.Value("DATA_TYPE_" + ("STRING" if d is dtypes.BYTES else d.name)) for d in dtypes.ALL

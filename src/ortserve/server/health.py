@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from grpc_health.v1 import health, health_pb2
 
-from ortserve.registry.records import VersionState
+from ortserve.records import VersionState
 from ortserve.scheduler.pool import ModelPool
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ortserve.errors import NotFound
-from ortserve.registry.records import VersionState
+from ortserve.records import VersionState
 from ortserve.scheduler.batch_queue import Flush
 from ortserve.server.loop_metrics import LoopCollector
 

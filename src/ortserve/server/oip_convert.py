@@ -22,12 +22,12 @@ from ortserve.api.inference import grpc_service_pb2 as pb
 from ortserve.api.inference import model_config_pb2 as mc
 from ortserve.dtypes import BYTES, DType
 from ortserve.errors import InvalidInput
-from ortserve.registry.records import ModelVersionRecord, VersionState
-from ortserve.runtime.signature import Signature, TensorSpec
+from ortserve.records import ModelVersionRecord, VersionState
 from ortserve.scheduler.calls import PredictCall, PredictResult
 from ortserve.scheduler.pool import VersionSlot, batcher_config
 from ortserve.scheduler.shm import Region, RegionLookup
 from ortserve.scheduler.stats import Duration, VersionStats
+from ortserve.signature import Signature, TensorSpec
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"

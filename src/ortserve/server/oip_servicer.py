@@ -15,7 +15,7 @@ from ortserve.api.inference import grpc_service_pb2 as pb
 from ortserve.api.inference import grpc_service_pb2_grpc as pb_grpc
 from ortserve.control import ControlPlane
 from ortserve.errors import FailedPrecondition, InvalidInput, NotFound, OrtserveError
-from ortserve.registry.records import Manifest, VersionState
+from ortserve.records import Manifest, VersionState
 from ortserve.registry.service import MAX_CHUNK_BYTES
 from ortserve.scheduler.inference import InferenceCore
 from ortserve.scheduler.pool import VersionSlot

@@ -10,7 +10,7 @@ from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
 from ortserve.control import ControlPlane
 from ortserve.errors import InvalidInput
-from ortserve.registry.records import (
+from ortserve.records import (
     AliasRecord,
     ModelRecord,
     ModelVersionRecord,

@@ -216,7 +216,7 @@ def _add_models(sub: Any) -> None:
     imp.set_defaults(run=_models_import_triton)
     for q in (reg, ls, show, imp):
         _client_flags(q)
-    from ortserve.rollout_cli import add_rollout_commands
+    from ortserve.cli.rollout import add_rollout_commands
 
     add_rollout_commands(msub, _client_flags)
 
@@ -264,14 +264,14 @@ def _models_register(args: argparse.Namespace) -> int:
             load=not args.no_load,
             progress=progress,
         )
-    from ortserve.cli_tables import version_json
+    from ortserve.cli.tables import version_json
 
     _emit(args, version_json(info), f"registered {info.model} version {info.version} ({info.state})")
     return 0
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    from ortserve import cli_tables
+    from ortserve.cli import tables as cli_tables
 
     with _client(args) as client:
         models = client.list_models()
@@ -283,7 +283,7 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 def _models_show(args: argparse.Namespace) -> int:
-    from ortserve import cli_tables
+    from ortserve.cli import tables as cli_tables
 
     with _client(args) as client:
         model = client.get_model(args.name)
@@ -296,7 +296,8 @@ def _models_show(args: argparse.Namespace) -> int:
 
 def _models_import_triton(args: argparse.Namespace) -> int:
     """Exit 1 when a configuration could not be read or a version was refused (the rest is imported)."""
-    from ortserve import cli_tables, triton_import
+    from ortserve import triton_import
+    from ortserve.cli import tables as cli_tables
 
     plans = triton_import.plan_repository(args.directory)
     if not args.dry_run:
@@ -431,7 +432,7 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: Any) -> None:
-    from ortserve.bench.args import add_arguments
+    from ortserve.cli.bench import add_arguments
 
     p = sub.add_parser("bench", help="load generator: throughput and latency percentiles of a server")
     add_arguments(p)

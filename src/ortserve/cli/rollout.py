@@ -153,7 +153,7 @@ def _retire(args: argparse.Namespace, client: Any) -> str:
 
 
 def _audit(args: argparse.Namespace, client: Any) -> None:
-    from ortserve import cli_tables
+    from ortserve.cli import tables as cli_tables
 
     entries = client.audit(args.name, limit=args.limit)
     if args.json:

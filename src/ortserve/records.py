@@ -1,4 +1,6 @@
-"""Frozen records the registry hands out; nothing above registry/ sees ORM objects."""
+"""Frozen value records shared by registry/, runtime/, scheduler/ and server/ (versions, settings,
+provider specs, rollout state). Imports neither registry/ nor runtime/; nothing outside registry/ sees
+ORM objects."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ortserve.errors import InvalidInput
-from ortserve.runtime.signature import Signature
+from ortserve.signature import Signature
 
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 EXECUTION_MODES = ("sequential", "parallel")
