@@ -51,6 +51,27 @@ VERSION_STATE_FAILED: VersionState.ValueType  # 4
 VERSION_STATE_RETIRED: VersionState.ValueType  # 5
 Global___VersionState: _TypeAlias = VersionState  # noqa: Y015
 
+class _QuantizeMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QuantizeModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QuantizeMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUANTIZE_MODE_UNSPECIFIED: _QuantizeMode.ValueType  # 0
+    QUANTIZE_MODE_DYNAMIC: _QuantizeMode.ValueType  # 1
+    """Weights int8 ahead of time, activations quantized at run time."""
+    QUANTIZE_MODE_STATIC: _QuantizeMode.ValueType  # 2
+    """Weights and activations int8, with activation ranges calibrated on sample inputs."""
+
+class QuantizeMode(_QuantizeMode, metaclass=_QuantizeModeEnumTypeWrapper): ...
+
+QUANTIZE_MODE_UNSPECIFIED: QuantizeMode.ValueType  # 0
+QUANTIZE_MODE_DYNAMIC: QuantizeMode.ValueType  # 1
+"""Weights int8 ahead of time, activations quantized at run time."""
+QUANTIZE_MODE_STATIC: QuantizeMode.ValueType  # 2
+"""Weights and activations int8, with activation ranges calibrated on sample inputs."""
+Global___QuantizeMode: _TypeAlias = QuantizeMode  # noqa: Y015
+
 @_typing.final
 class Signature(_message.Message):
     """Inputs and outputs of a model version, read from the ONNX graph at registration."""
@@ -252,6 +273,11 @@ class ModelVersion(_message.Message):
     CREATED_BY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     ACTIVE_PROVIDERS_FIELD_NUMBER: _builtins.int
+    FALLBACK_PROVIDERS_FIELD_NUMBER: _builtins.int
+    DERIVED_FROM_FIELD_NUMBER: _builtins.int
+    RECIPE_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
+    SAMPLE_ROWS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.int
     sha256: _builtins.str
@@ -263,6 +289,10 @@ class ModelVersion(_message.Message):
     error: _builtins.str
     description: _builtins.str
     created_by: _builtins.str
+    derived_from: _builtins.int
+    """The version this one was derived from (optimize, quantize, fp16); 0 when uploaded."""
+    sample_rows: _builtins.int
+    """Rows of sample inputs stored with the version at registration (0: none)."""
     @_builtins.property
     def signature(self) -> Global___Signature: ...
     @_builtins.property
@@ -278,6 +308,20 @@ class ModelVersion(_message.Message):
     @_builtins.property
     def active_providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Providers the loaded session actually uses (empty when not loaded)."""
+
+    @_builtins.property
+    def fallback_providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Preferred providers this server's session could not use (unavailable here or failed to
+        start): the version runs on `active_providers` instead. Empty when not loaded or none lost.
+        """
+
+    @_builtins.property
+    def recipe(self) -> Global___DerivationRecipe:
+        """How it was derived from `derived_from`; absent when uploaded."""
+
+    @_builtins.property
+    def report(self) -> Global___EvaluationReport:
+        """Its comparison with `derived_from` on sample inputs; absent when uploaded."""
 
     def __init__(
         self,
@@ -299,14 +343,257 @@ class ModelVersion(_message.Message):
         created_by: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         active_providers: _abc.Iterable[_builtins.str] | None = ...,
+        fallback_providers: _abc.Iterable[_builtins.str] | None = ...,
+        derived_from: _builtins.int = ...,
+        recipe: Global___DerivationRecipe | None = ...,
+        report: Global___EvaluationReport | None = ...,
+        sample_rows: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batching", b"batching", "create_time", b"create_time", "session", b"session", "signature", b"signature"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batching", b"batching", "create_time", b"create_time", "recipe", b"recipe", "report", b"report", "session", b"session", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_providers", b"active_providers", "batching", b"batching", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "error", b"error", "labels", b"labels", "model", b"model", "opset", b"opset", "producer", b"producer", "providers", b"providers", "session", b"session", "sha256", b"sha256", "signature", b"signature", "size_bytes", b"size_bytes", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_providers", b"active_providers", "batching", b"batching", "create_time", b"create_time", "created_by", b"created_by", "derived_from", b"derived_from", "description", b"description", "error", b"error", "fallback_providers", b"fallback_providers", "labels", b"labels", "model", b"model", "opset", b"opset", "producer", b"producer", "providers", b"providers", "recipe", b"recipe", "report", b"report", "sample_rows", b"sample_rows", "session", b"session", "sha256", b"sha256", "signature", b"signature", "size_bytes", b"size_bytes", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelVersion: _TypeAlias = ModelVersion  # noqa: Y015
+
+@_typing.final
+class DerivationRecipe(_message.Message):
+    """How a derived version is built from its source with ONNX Runtime's tools."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPTIMIZE_FIELD_NUMBER: _builtins.int
+    QUANTIZE_FIELD_NUMBER: _builtins.int
+    FP16_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def optimize(self) -> Global___OptimizeRecipe: ...
+    @_builtins.property
+    def quantize(self) -> Global___QuantizeRecipe: ...
+    @_builtins.property
+    def fp16(self) -> Global___Fp16Recipe: ...
+    def __init__(
+        self,
+        *,
+        optimize: Global___OptimizeRecipe | None = ...,
+        quantize: Global___QuantizeRecipe | None = ...,
+        fp16: Global___Fp16Recipe | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fp16", b"fp16", "kind", b"kind", "optimize", b"optimize", "quantize", b"quantize"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fp16", b"fp16", "kind", b"kind", "optimize", b"optimize", "quantize", b"quantize"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["optimize", "quantize", "fp16"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___DerivationRecipe: _TypeAlias = DerivationRecipe  # noqa: Y015
+
+@_typing.final
+class OptimizeRecipe(_message.Message):
+    """ONNX Runtime graph optimizations applied once, offline, and saved as the new version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEVEL_FIELD_NUMBER: _builtins.int
+    SIMPLIFY_FIELD_NUMBER: _builtins.int
+    level: _builtins.str
+    """"basic" or "extended" (empty: "extended"); "all" adds hardware-specific layouts and
+    is applied at load instead.
+    """
+    simplify: _builtins.bool
+    """Also simplify the graph with onnxslim (constant folding, dead node removal)."""
+    def __init__(
+        self,
+        *,
+        level: _builtins.str = ...,
+        simplify: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "simplify", b"simplify"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OptimizeRecipe: _TypeAlias = OptimizeRecipe  # noqa: Y015
+
+@_typing.final
+class QuantizeRecipe(_message.Message):
+    """int8 quantization with onnxruntime.quantization."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    PER_CHANNEL_FIELD_NUMBER: _builtins.int
+    CALIBRATION_SHA256_FIELD_NUMBER: _builtins.int
+    CALIBRATION_ROWS_FIELD_NUMBER: _builtins.int
+    mode: Global___QuantizeMode.ValueType
+    per_channel: _builtins.bool
+    """One scale per output channel of weights instead of one per tensor."""
+    calibration_sha256: _builtins.str
+    """Set by the server: sha256 of the calibration inputs used (static mode), and their rows."""
+    calibration_rows: _builtins.int
+    def __init__(
+        self,
+        *,
+        mode: Global___QuantizeMode.ValueType = ...,
+        per_channel: _builtins.bool = ...,
+        calibration_sha256: _builtins.str = ...,
+        calibration_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration_rows", b"calibration_rows", "calibration_sha256", b"calibration_sha256", "mode", b"mode", "per_channel", b"per_channel"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuantizeRecipe: _TypeAlias = QuantizeRecipe  # noqa: Y015
+
+@_typing.final
+class Fp16Recipe(_message.Message):
+    """Conversion of float32 weights and compute to float16."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FP16_IO_FIELD_NUMBER: _builtins.int
+    fp16_io: _builtins.bool
+    """Convert the model's inputs and outputs to FP16 too (default: they stay FP32, so callers
+    need no change).
+    """
+    def __init__(
+        self,
+        *,
+        fp16_io: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fp16_io", b"fp16_io"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Fp16Recipe: _TypeAlias = Fp16Recipe  # noqa: Y015
+
+@_typing.final
+class EvaluationGate(_message.Message):
+    """Refuses a derived version whose comparison with its source misses a figure."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
+    MIN_AGREEMENT_FIELD_NUMBER: _builtins.int
+    max_abs_diff: _builtins.float
+    """Largest allowed absolute difference of any output element."""
+    min_agreement: _builtins.float
+    """Smallest allowed share (0..1) of rows whose argmax agrees, over classifier-shaped outputs."""
+    def __init__(
+        self,
+        *,
+        max_abs_diff: _builtins.float | None = ...,
+        min_agreement: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_abs_diff", b"_max_abs_diff", "_min_agreement", b"_min_agreement", "max_abs_diff", b"max_abs_diff", "min_agreement", b"min_agreement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_abs_diff", b"_max_abs_diff", "_min_agreement", b"_min_agreement", "max_abs_diff", b"max_abs_diff", "min_agreement", b"min_agreement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_abs_diff: _TypeAlias = _typing.Literal["max_abs_diff"]  # noqa: Y015
+    _WhichOneofArgType__max_abs_diff: _TypeAlias = _typing.Literal["_max_abs_diff", b"_max_abs_diff"]  # noqa: Y015
+    _WhichOneofReturnType__min_agreement: _TypeAlias = _typing.Literal["min_agreement"]  # noqa: Y015
+    _WhichOneofArgType__min_agreement: _TypeAlias = _typing.Literal["_min_agreement", b"_min_agreement"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_abs_diff) -> _WhichOneofReturnType__max_abs_diff | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_agreement) -> _WhichOneofReturnType__min_agreement | None: ...
+
+Global___EvaluationGate: _TypeAlias = EvaluationGate  # noqa: Y015
+
+@_typing.final
+class OutputComparison(_message.Message):
+    """One output of a derived version compared with its source on the same inputs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
+    MEAN_ABS_DIFF_FIELD_NUMBER: _builtins.int
+    ARGMAX_AGREEMENT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    max_abs_diff: _builtins.float
+    mean_abs_diff: _builtins.float
+    argmax_agreement: _builtins.float
+    """Share (0..1) of rows whose argmax over the last axis agrees; absent when the output is not
+    classifier-shaped (floating point, rank 2, more than one class).
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        max_abs_diff: _builtins.float = ...,
+        mean_abs_diff: _builtins.float = ...,
+        argmax_agreement: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_argmax_agreement", b"_argmax_agreement", "argmax_agreement", b"argmax_agreement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_argmax_agreement", b"_argmax_agreement", "argmax_agreement", b"argmax_agreement", "max_abs_diff", b"max_abs_diff", "mean_abs_diff", b"mean_abs_diff", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__argmax_agreement: _TypeAlias = _typing.Literal["argmax_agreement"]  # noqa: Y015
+    _WhichOneofArgType__argmax_agreement: _TypeAlias = _typing.Literal["_argmax_agreement", b"_argmax_agreement"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__argmax_agreement) -> _WhichOneofReturnType__argmax_agreement | None: ...
+
+Global___OutputComparison: _TypeAlias = OutputComparison  # noqa: Y015
+
+@_typing.final
+class EvaluationReport(_message.Message):
+    """A derived version compared with its source: accuracy, size and speed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    SIZE_RATIO_FIELD_NUMBER: _builtins.int
+    LATENCY_RATIO_BATCH1_FIELD_NUMBER: _builtins.int
+    LATENCY_RATIO_BATCH32_FIELD_NUMBER: _builtins.int
+    SOURCE_LATENCY_MS_BATCH1_FIELD_NUMBER: _builtins.int
+    SOURCE_LATENCY_MS_BATCH32_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    SAMPLE_ROWS_FIELD_NUMBER: _builtins.int
+    GATE_FIELD_NUMBER: _builtins.int
+    size_ratio: _builtins.float
+    """Derived file size / source file size."""
+    latency_ratio_batch1: _builtins.float
+    """Derived / source mean latency on CPU at batch 1 and batch 32, measured in the limited
+    subprocess; 0 when not measured (batch 32 needs a batch axis).
+    """
+    latency_ratio_batch32: _builtins.float
+    source_latency_ms_batch1: _builtins.float
+    source_latency_ms_batch32: _builtins.float
+    samples: _builtins.str
+    """"given" (stored with the source at registration) or "generated" (from the signature)."""
+    sample_rows: _builtins.int
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutputComparison]: ...
+    @_builtins.property
+    def gate(self) -> Global___EvaluationGate:
+        """The gate the version passed; absent when it was derived without one."""
+
+    def __init__(
+        self,
+        *,
+        outputs: _abc.Iterable[Global___OutputComparison] | None = ...,
+        size_ratio: _builtins.float = ...,
+        latency_ratio_batch1: _builtins.float = ...,
+        latency_ratio_batch32: _builtins.float = ...,
+        source_latency_ms_batch1: _builtins.float = ...,
+        source_latency_ms_batch32: _builtins.float = ...,
+        samples: _builtins.str = ...,
+        sample_rows: _builtins.int = ...,
+        gate: Global___EvaluationGate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate", "latency_ratio_batch1", b"latency_ratio_batch1", "latency_ratio_batch32", b"latency_ratio_batch32", "outputs", b"outputs", "sample_rows", b"sample_rows", "samples", b"samples", "size_ratio", b"size_ratio", "source_latency_ms_batch1", b"source_latency_ms_batch1", "source_latency_ms_batch32", b"source_latency_ms_batch32"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationReport: _TypeAlias = EvaluationReport  # noqa: Y015
 
 @_typing.final
 class Model(_message.Message):

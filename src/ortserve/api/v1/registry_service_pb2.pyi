@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from ortserve.api.v1 import model_pb2 as _model_pb2
+from ortserve.api.v1 import tensor_pb2 as _tensor_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -54,6 +55,7 @@ class RegisterManifest(_message.Message):
     BATCHING_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Lowercase letters, digits, '-', '_' and '.', starting with a letter or digit; at most 128."""
     size_bytes: _builtins.int
@@ -73,6 +75,12 @@ class RegisterManifest(_message.Message):
     def batching(self) -> _model_pb2.BatchingConfig: ...
     @_builtins.property
     def session(self) -> _model_pb2.SessionConfig: ...
+    @_builtins.property
+    def samples(self) -> _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]:
+        """Sample inputs stored with the version, one tensor per model input, rows along axis 0:
+        registration runs the model on them, and derived versions are compared on them.
+        """
+
     def __init__(
         self,
         *,
@@ -85,10 +93,11 @@ class RegisterManifest(_message.Message):
         batching: _model_pb2.BatchingConfig | None = ...,
         session: _model_pb2.SessionConfig | None = ...,
         load: _builtins.bool = ...,
+        samples: _abc.Iterable[_tensor_pb2.Tensor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["batching", b"batching", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batching", b"batching", "description", b"description", "labels", b"labels", "load", b"load", "name", b"name", "providers", b"providers", "session", b"session", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batching", b"batching", "description", b"description", "labels", b"labels", "load", b"load", "name", b"name", "providers", b"providers", "samples", b"samples", "session", b"session", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -735,3 +744,172 @@ class WatchModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchModelsResponse: _TypeAlias = WatchModelsResponse  # noqa: Y015
+
+@_typing.final
+class DeriveModelVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    RECIPE_FIELD_NUMBER: _builtins.int
+    GATE_FIELD_NUMBER: _builtins.int
+    CALIBRATION_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    version: _builtins.int
+    """The source version (a number)."""
+    description: _builtins.str
+    load: _builtins.bool
+    """Load and warm up the new version once stored."""
+    @_builtins.property
+    def recipe(self) -> _model_pb2.DerivationRecipe: ...
+    @_builtins.property
+    def gate(self) -> _model_pb2.EvaluationGate:
+        """Absent: no gate (the report is still stored; promote warns)."""
+
+    @_builtins.property
+    def calibration(self) -> _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]:
+        """Static quantization: calibration inputs, one tensor per model input, rows along axis 0
+        (empty: the source's stored samples).
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        recipe: _model_pb2.DerivationRecipe | None = ...,
+        gate: _model_pb2.EvaluationGate | None = ...,
+        calibration: _abc.Iterable[_tensor_pb2.Tensor] | None = ...,
+        description: _builtins.str = ...,
+        load: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate", "recipe", b"recipe"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration", b"calibration", "description", b"description", "gate", b"gate", "load", b"load", "model", b"model", "recipe", b"recipe", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeriveModelVersionRequest: _TypeAlias = DeriveModelVersionRequest  # noqa: Y015
+
+@_typing.final
+class DeriveModelVersionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def version(self) -> _model_pb2.ModelVersion:
+        """The new version, with its recipe and report."""
+
+    def __init__(
+        self,
+        *,
+        version: _model_pb2.ModelVersion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeriveModelVersionResponse: _TypeAlias = DeriveModelVersionResponse  # noqa: Y015
+
+@_typing.final
+class ProfileModelVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    version: _builtins.int
+    batch_size: _builtins.int
+    """Rows per run (default 1)."""
+    runs: _builtins.int
+    """Profiled runs after one warm-up run (default 10, at most 1000)."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        batch_size: _builtins.int = ...,
+        runs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "model", b"model", "runs", b"runs", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProfileModelVersionRequest: _TypeAlias = ProfileModelVersionRequest  # noqa: Y015
+
+@_typing.final
+class OperatorTime(_message.Message):
+    """Time spent in one node over the profiled runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OP_TYPE_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    TOTAL_US_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    op_type: _builtins.str
+    node: _builtins.str
+    calls: _builtins.int
+    total_us: _builtins.float
+    share: _builtins.float
+    """Share (0..1) of all node time."""
+    def __init__(
+        self,
+        *,
+        op_type: _builtins.str = ...,
+        node: _builtins.str = ...,
+        calls: _builtins.int = ...,
+        total_us: _builtins.float = ...,
+        share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "node", b"node", "op_type", b"op_type", "share", b"share", "total_us", b"total_us"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OperatorTime: _TypeAlias = OperatorTime  # noqa: Y015
+
+@_typing.final
+class ProfileModelVersionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATORS_FIELD_NUMBER: _builtins.int
+    CHROME_TRACE_FIELD_NUMBER: _builtins.int
+    MEAN_RUN_MS_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    chrome_trace: _builtins.bytes
+    """ONNX Runtime's profile as a Chrome trace (JSON), which opens in Perfetto."""
+    mean_run_ms: _builtins.float
+    @_builtins.property
+    def operators(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperatorTime]:
+        """Nodes by total time, longest first."""
+
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The providers the profiled session ran on."""
+
+    def __init__(
+        self,
+        *,
+        operators: _abc.Iterable[Global___OperatorTime] | None = ...,
+        chrome_trace: _builtins.bytes = ...,
+        mean_run_ms: _builtins.float = ...,
+        providers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chrome_trace", b"chrome_trace", "mean_run_ms", b"mean_run_ms", "operators", b"operators", "providers", b"providers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProfileModelVersionResponse: _TypeAlias = ProfileModelVersionResponse  # noqa: Y015

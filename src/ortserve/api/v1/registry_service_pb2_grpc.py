@@ -110,6 +110,16 @@ class RegistryServiceStub:
                 request_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.WatchModelsRequest.SerializeToString,
                 response_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.WatchModelsResponse.FromString,
                 _registered_method=True)
+        self.DeriveModelVersion = channel.unary_unary(
+                '/ortserve.api.v1.RegistryService/DeriveModelVersion',
+                request_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.DeriveModelVersionRequest.SerializeToString,
+                response_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.DeriveModelVersionResponse.FromString,
+                _registered_method=True)
+        self.ProfileModelVersion = channel.unary_unary(
+                '/ortserve.api.v1.RegistryService/ProfileModelVersion',
+                request_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.ProfileModelVersionRequest.SerializeToString,
+                response_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.ProfileModelVersionResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -215,6 +225,21 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeriveModelVersion(self, request, context):
+        """Build a new version from an existing one (optimize, quantize, fp16) in a limited
+        subprocess, compare it with its source, and register it when it passes the gate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProfileModelVersion(self, request, context):
+        """Run ONNX Runtime's profiler on a version in a limited subprocess: time per operator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -292,6 +317,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.WatchModels,
                     request_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.WatchModelsRequest.FromString,
                     response_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.WatchModelsResponse.SerializeToString,
+            ),
+            'DeriveModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeriveModelVersion,
+                    request_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.DeriveModelVersionRequest.FromString,
+                    response_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.DeriveModelVersionResponse.SerializeToString,
+            ),
+            'ProfileModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProfileModelVersion,
+                    request_deserializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.ProfileModelVersionRequest.FromString,
+                    response_serializer=ortserve_dot_api_dot_v1_dot_registry__service__pb2.ProfileModelVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -700,6 +735,60 @@ class RegistryService:
             '/ortserve.api.v1.RegistryService/WatchModels',
             ortserve_dot_api_dot_v1_dot_registry__service__pb2.WatchModelsRequest.SerializeToString,
             ortserve_dot_api_dot_v1_dot_registry__service__pb2.WatchModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeriveModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ortserve.api.v1.RegistryService/DeriveModelVersion',
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.DeriveModelVersionRequest.SerializeToString,
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.DeriveModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProfileModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ortserve.api.v1.RegistryService/ProfileModelVersion',
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.ProfileModelVersionRequest.SerializeToString,
+            ortserve_dot_api_dot_v1_dot_registry__service__pb2.ProfileModelVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,12 @@ class RegistryServiceStub:
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListAuditEventsRequest, _registry_service_pb2.ListAuditEventsResponse]
     WatchModels: _grpc.UnaryStreamMultiCallable[_registry_service_pb2.WatchModelsRequest, _registry_service_pb2.WatchModelsResponse]
     """Registry changes and load events as they happen."""
+    DeriveModelVersion: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.DeriveModelVersionRequest, _registry_service_pb2.DeriveModelVersionResponse]
+    """Build a new version from an existing one (optimize, quantize, fp16) in a limited
+    subprocess, compare it with its source, and register it when it passes the gate.
+    """
+    ProfileModelVersion: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ProfileModelVersionRequest, _registry_service_pb2.ProfileModelVersionResponse]
+    """Run ONNX Runtime's profiler on a version in a limited subprocess: time per operator."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -87,6 +93,12 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListAuditEventsRequest, _registry_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     WatchModels: _aio.UnaryStreamMultiCallable[_registry_service_pb2.WatchModelsRequest, _registry_service_pb2.WatchModelsResponse]  # type: ignore[assignment]
     """Registry changes and load events as they happen."""
+    DeriveModelVersion: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.DeriveModelVersionRequest, _registry_service_pb2.DeriveModelVersionResponse]  # type: ignore[assignment]
+    """Build a new version from an existing one (optimize, quantize, fp16) in a limited
+    subprocess, compare it with its source, and register it when it passes the gate.
+    """
+    ProfileModelVersion: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ProfileModelVersionRequest, _registry_service_pb2.ProfileModelVersionResponse]  # type: ignore[assignment]
+    """Run ONNX Runtime's profiler on a version in a limited subprocess: time per operator."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Registers, lists and loads models and their versions."""
@@ -204,5 +216,23 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_registry_service_pb2.WatchModelsResponse], _abc.AsyncIterator[_registry_service_pb2.WatchModelsResponse]]:
         """Registry changes and load events as they happen."""
+
+    @_abc_1.abstractmethod
+    def DeriveModelVersion(
+        self,
+        request: _registry_service_pb2.DeriveModelVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.DeriveModelVersionResponse, _abc.Awaitable[_registry_service_pb2.DeriveModelVersionResponse]]:
+        """Build a new version from an existing one (optimize, quantize, fp16) in a limited
+        subprocess, compare it with its source, and register it when it passes the gate.
+        """
+
+    @_abc_1.abstractmethod
+    def ProfileModelVersion(
+        self,
+        request: _registry_service_pb2.ProfileModelVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.ProfileModelVersionResponse, _abc.Awaitable[_registry_service_pb2.ProfileModelVersionResponse]]:
+        """Run ONNX Runtime's profiler on a version in a limited subprocess: time per operator."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
