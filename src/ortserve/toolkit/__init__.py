@@ -1,0 +1,1 @@
+"""Preparing models: export, optimize, quantize, fp16, evaluation reports and profiles."""
