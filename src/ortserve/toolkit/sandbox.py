@@ -105,11 +105,11 @@ def _child_main(job: str, memory_bytes: int, timeout_s: float) -> None:
 
 
 def _failure(exc: BaseException, memory_bytes: int) -> dict[str, Any]:
-    kind = type(exc).__name__ if type(exc).__name__ in _PASSED else "InvalidInput"
+    outcome: dict[str, Any]
     if isinstance(exc, Detailed):
         outcome = {"kind": "InvalidInput", "error": str(exc), "detail": exc.detail}
     elif isinstance(exc, OrtserveError):
-        outcome = {"kind": kind if type(exc).__name__ in _PASSED else _base(exc), "error": str(exc)}
+        outcome = {"kind": _base(exc), "error": str(exc)}
     elif isinstance(exc, MemoryError):
         outcome = {"kind": "InvalidInput", "error": "", "detail": "MemoryError"}
     else:
