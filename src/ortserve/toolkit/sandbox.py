@@ -125,4 +125,7 @@ def _base(exc: OrtserveError) -> str:
 
 
 if __name__ == "__main__":
-    _child_main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))
+    # Through the importable module, so that its classes (Detailed) are the ones jobs raise.
+    importlib.import_module("ortserve.toolkit.sandbox")._child_main(
+        sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    )

@@ -1,0 +1,45 @@
+"""Jobs for tests/toolkit/test_sandbox.py, imported by the sandbox's child by module name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ortserve.errors import FailedPrecondition, ModelNotReady
+from ortserve.toolkit.sandbox import Detailed
+
+
+def double(request: dict[str, Any]) -> dict[str, Any]:
+    return {"twice": request["n"] * 2}
+
+
+def refuse(request: dict[str, Any]) -> dict[str, Any]:
+    raise FailedPrecondition(f"refused {request['n']}")
+
+
+def not_ready(request: dict[str, Any]) -> dict[str, Any]:
+    raise ModelNotReady("model 'm' version 1 is loading")
+
+
+def detailed(request: dict[str, Any]) -> dict[str, Any]:
+    raise Detailed("the model is broken", RuntimeError("/secret/path/model.onnx: bad node"))
+
+
+def crash(request: dict[str, Any]) -> dict[str, Any]:
+    raise RuntimeError("/secret/path failed")
+
+
+def allocate(request: dict[str, Any]) -> dict[str, Any]:
+    return {"bytes": len(bytearray(request["n"]))}
+
+
+def die(request: dict[str, Any]) -> dict[str, Any]:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {}
+
+
+def spin(request: dict[str, Any]) -> dict[str, Any]:
+    while True:
+        pass

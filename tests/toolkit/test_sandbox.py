@@ -1,0 +1,46 @@
+"""The limited subprocess: results, errors that keep their class, hidden library text, limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from ortserve.errors import FailedPrecondition, InvalidInput
+from ortserve.toolkit.sandbox import SandboxLimits, run_job
+
+JOBS = "tests.toolkit.sandbox_jobs"
+SMALL = SandboxLimits(memory_bytes=1 << 30, timeout_s=30)
+
+
+def test_result_comes_back() -> None:
+    assert run_job(f"{JOBS}:double", {"n": 21}, SMALL, "test job") == {"twice": 42}
+
+
+def test_own_errors_keep_class_and_message() -> None:
+    with pytest.raises(FailedPrecondition, match=r"^refused 7$"):
+        run_job(f"{JOBS}:refuse", {"n": 7}, SMALL, "test job")
+    with pytest.raises(FailedPrecondition, match="is loading"):
+        run_job(f"{JOBS}:not_ready", {}, SMALL, "test job")
+
+
+def test_library_text_stays_in_the_log() -> None:
+    for job, message in (("detailed", "the model is broken"), ("crash", "test job failed")):
+        with pytest.raises(InvalidInput) as caught:
+            run_job(f"{JOBS}:{job}", {}, SMALL, "test job")
+        assert str(caught.value).startswith(message)
+        assert "correlation id" in str(caught.value)
+        assert "/secret" not in str(caught.value)
+
+
+def test_memory_limit_is_named() -> None:
+    with pytest.raises(InvalidInput, match=r"test job exceeded its memory limit of 1073741824 bytes"):
+        run_job(f"{JOBS}:allocate", {"n": 3 << 30}, SMALL, "test job")
+
+
+def test_killed_child_is_a_crash() -> None:
+    with pytest.raises(InvalidInput, match=r"test job crashed \(exit code -9\)"):
+        run_job(f"{JOBS}:die", {}, SMALL, "test job")
+
+
+def test_timeout() -> None:
+    with pytest.raises(InvalidInput, match=r"test job timed out after 1 s"):
+        run_job(f"{JOBS}:spin", {}, SandboxLimits(memory_bytes=1 << 30, timeout_s=1), "test job")
