@@ -1,9 +1,9 @@
 """Validate an untrusted model file in a throwaway, memory-limited subprocess.
 
 The child loads the file without external data, rejects tensors stored outside it, runs the ONNX
-checker with full checks, allows operators only from known domains, builds a CPU ONNX Runtime
-session and reads the signature. A crash, an out-of-memory kill or a timeout of the child takes
-nothing else down and becomes InvalidInput.
+checker with full checks, allows operators only from known domains (and those of the custom operator
+libraries, which it registers), builds a CPU ONNX Runtime session and reads the signature. A crash,
+an out-of-memory kill or a timeout of the child takes nothing else down and becomes InvalidInput.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ortserve import dtypes
 from ortserve.errors import InvalidInput, ResourceExhausted, logged
+from ortserve.runtime.custom_ops import NO_CUSTOM_OPS, CustomOps
 from ortserve.signature import Signature, TensorSpec
 
 if TYPE_CHECKING:
@@ -45,12 +46,15 @@ class ModelInfo:
     signature: Signature
 
 
-def validate_model(path: Path, limits: ValidationLimits | None = None) -> ModelInfo:
-    """Check the model at `path` in a subprocess; InvalidInput or ResourceExhausted naming the problem."""
+def validate_model(
+    path: Path, limits: ValidationLimits | None = None, custom_ops: CustomOps = NO_CUSTOM_OPS
+) -> ModelInfo:
+    """Check the model at `path` in a subprocess; InvalidInput or ResourceExhausted naming the problem.
+    `custom_ops`: libraries the child registers, and domains it allows besides ALLOWED_DOMAINS."""
     limits = limits or ValidationLimits()
     size = _check_size(path, limits)
     memory = limits.memory_bytes if limits.memory_bytes is not None else 4 * GiB + size
-    return _in_child(path, memory, limits.timeout_s)
+    return _in_child(path, memory, limits.timeout_s, custom_ops)
 
 
 def _check_size(path: Path, limits: ValidationLimits) -> int:
@@ -65,9 +69,10 @@ def _check_size(path: Path, limits: ValidationLimits) -> int:
     return size
 
 
-def _in_child(path: Path, memory_bytes: int, timeout_s: float) -> ModelInfo:
+def _in_child(path: Path, memory_bytes: int, timeout_s: float, custom_ops: CustomOps) -> ModelInfo:
     """Run this module as a fresh interpreter (nothing of ours is inherited, unlike fork)."""
     command = [sys.executable, "-m", __name__, str(path), str(memory_bytes), str(timeout_s)]
+    command.append(json.dumps(custom_ops.to_json()))
     try:
         done = subprocess.run(command, capture_output=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
@@ -93,14 +98,14 @@ class _Detailed(InvalidInput):
         self.detail = f"{type(detail).__name__}: {detail}"
 
 
-def _child_main(path: str, memory_bytes: int, timeout_s: float) -> None:
+def _child_main(path: str, memory_bytes: int, timeout_s: float, custom_ops: CustomOps) -> None:
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     cpu = int(timeout_s) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     try:
-        info = check_model_file(Path(path))
+        info = check_model_file(Path(path), custom_ops)
         outcome: dict[str, Any] = {
             "ok": True,
             "opset": info.opset,
@@ -127,7 +132,7 @@ def _name_oom(message: str, detail: str, memory_bytes: int) -> str:
     return message
 
 
-def check_model_file(path: Path) -> ModelInfo:
+def check_model_file(path: Path, custom_ops: CustomOps = NO_CUSTOM_OPS) -> ModelInfo:
     """The checks themselves, in this process: only for trusted files or inside the child."""
     import onnx
 
@@ -141,8 +146,8 @@ def check_model_file(path: Path) -> ModelInfo:
     except Exception as exc:
         text = str(exc).replace(str(path.parent), "<upload>")
         raise InvalidInput(f"model fails the ONNX checker: {text}") from None
-    _check_domains(model)
-    return ModelInfo(_opset(model), model.producer_name, _signature(path))
+    _check_domains(model, custom_ops.domains)
+    return ModelInfo(_opset(model), model.producer_name, _signature(path, custom_ops))
 
 
 def _reject_external_data(model: onnx.ModelProto) -> None:
@@ -208,11 +213,12 @@ def _all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
             graphs.extend(attr.graphs)
 
 
-def _check_domains(model: onnx.ModelProto) -> None:
+def _check_domains(model: onnx.ModelProto, custom_domains: tuple[str, ...] = ()) -> None:
     local = {(f.domain, f.name) for f in model.functions}
+    domains = ALLOWED_DOMAINS + custom_domains
     for node in _all_nodes(model):
-        if node.domain not in ALLOWED_DOMAINS and (node.domain, node.op_type) not in local:
-            allowed = ", ".join(repr(d) for d in ALLOWED_DOMAINS)
+        if node.domain not in domains and (node.domain, node.op_type) not in local:
+            allowed = ", ".join(repr(d) for d in domains)
             raise InvalidInput(
                 f"operator domain {node.domain!r} (node {node.name or node.op_type!r}) is not allowed; "
                 f"allowed: {allowed}"
@@ -223,11 +229,13 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _signature(path: Path) -> Signature:
+def _signature(path: Path, custom_ops: CustomOps) -> Signature:
     import onnxruntime as ort
 
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        custom_ops.register(options)
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise _Detailed("onnxruntime cannot load the model", exc) from None
     inputs = tuple(_spec(arg, "input") for arg in session.get_inputs())
@@ -257,4 +265,6 @@ def _batch_axis(inputs: list[Any], outputs: list[Any]) -> bool:
 
 
 if __name__ == "__main__":
-    _child_main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))
+    _child_main(
+        sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), CustomOps.from_json(json.loads(sys.argv[4]))
+    )
