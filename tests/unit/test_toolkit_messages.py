@@ -7,8 +7,18 @@ import re
 import pytest
 
 from ortserve.api.v1 import model_pb2 as mpb
+from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.errors import InvalidInput
-from ortserve.toolkit.messages import gate_from_pb, recipe_from_pb, recipe_to_pb, report_from_pb, report_to_pb
+from ortserve.toolkit.messages import (
+    gate_from_pb,
+    operator_from_pb,
+    profile_to_pb,
+    recipe_from_pb,
+    recipe_to_pb,
+    report_from_pb,
+    report_to_pb,
+)
+from ortserve.toolkit.profile import OperatorTime, Profile
 from ortserve.toolkit.recipes import Fp16, Gate, Optimize, Quantize, Recipe
 from ortserve.toolkit.report import EvaluationReport, OutputComparison
 
@@ -57,3 +67,18 @@ def test_reports_and_gates_survive_the_wire() -> None:
     assert gate_from_pb(mpb.EvaluationGate(max_abs_diff=0.0)) == Gate(max_abs_diff=0.0)
     with pytest.raises(InvalidInput, match=re.escape("gate min_agreement must be in 0..1, got 1.5")):
         gate_from_pb(mpb.EvaluationGate(min_agreement=1.5))
+
+
+def test_profiles_survive_the_wire() -> None:
+    operators = (
+        OperatorTime(op_type="MatMul", node="mm", calls=10, total_us=120.5, share=0.75),
+        OperatorTime(op_type="Add", node="add", calls=10, total_us=40.0, share=0.25),
+    )
+    profile = Profile(operators=operators, trace=b"[]", mean_run_ms=0.02, providers=("CPUExecutionProvider",))
+    message = rpb.ProfileModelVersionResponse.FromString(profile_to_pb(profile).SerializeToString())
+    assert tuple(operator_from_pb(o) for o in message.operators) == operators
+    assert (message.chrome_trace, message.mean_run_ms, list(message.providers)) == (
+        b"[]",
+        0.02,
+        ["CPUExecutionProvider"],
+    )

@@ -11,11 +11,15 @@ from ortserve.client.client import (
     Client,
     ModelInfo,
     Prediction,
+    ProfileResult,
     SharedTensor,
     StreamMessageError,
     VersionInfo,
 )
 from ortserve.client.rollout import AliasInfo, AuditEntry, ModelEvent, ShadowInfo, TrafficInfo
+from ortserve.toolkit.profile import OperatorTime
+from ortserve.toolkit.recipes import Fp16, Gate, Optimize, Quantize
+from ortserve.toolkit.report import EvaluationReport, OutputComparison
 
 __all__ = [
     "AliasInfo",
@@ -23,9 +27,17 @@ __all__ = [
     "AuditEntry",
     "Batching",
     "Client",
+    "EvaluationReport",
+    "Fp16",
+    "Gate",
     "ModelEvent",
     "ModelInfo",
+    "OperatorTime",
+    "Optimize",
+    "OutputComparison",
     "Prediction",
+    "ProfileResult",
+    "Quantize",
     "RetryPolicy",
     "ShadowInfo",
     "SharedTensor",

@@ -22,15 +22,19 @@ from ortserve.client.channel import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, PemSourc
 from ortserve.client.client import (
     CHUNK_BYTES,
     DEFAULT_RETRY,
+    Arrays,
     Batching,
     Inputs,
     ModelInfo,
     Prediction,
+    ProfileResult,
     Progress,
     VersionInfo,
+    derive_request,
     model_info_of,
     predict_request,
     prediction_of,
+    profile_result_of,
     register_manifest,
     signature_info_of,
     signature_request,
@@ -50,6 +54,7 @@ from ortserve.client.rollout import (
     traffic_request,
 )
 from ortserve.store.digest import hash_file
+from ortserve.toolkit.recipes import Fp16, Gate, Optimize, Quantize, Recipe
 
 
 class AsyncClient:
@@ -195,6 +200,7 @@ class AsyncClient:
         progress: Progress | None = None,
         timeout: float | None = None,
         batching: Batching | None = None,
+        samples: Arrays | None = None,
     ) -> VersionInfo:
         """See `Client.register`; the file is read off the event loop."""
         path = Path(path)
@@ -209,6 +215,7 @@ class AsyncClient:
             max_batch_size=max_batch_size,
             load=load,
             batching=batching,
+            samples=samples,
         )
 
         async def upload() -> AsyncIterator[rpb.RegisterModelRequest]:
@@ -267,6 +274,97 @@ class AsyncClient:
     async def unload(self, name: str, version: int = 0, *, timeout: float | None = None) -> None:
         request = rpb.UnloadModelVersionRequest(name=name, version=version)
         await self._registry.UnloadModelVersion(request, timeout=timeout, metadata=self._metadata)
+
+    # --- derived versions and profiles ---------------------------------------------------------
+
+    async def derive(
+        self,
+        model: str,
+        version: int,
+        recipe: Recipe,
+        *,
+        gate: Gate | None = None,
+        calibration: Arrays | None = None,
+        description: str = "",
+        load: bool = False,
+        timeout: float | None = None,
+    ) -> VersionInfo:
+        """See `Client.derive`."""
+        request = derive_request(
+            model, version, recipe, gate=gate, calibration=calibration, description=description, load=load
+        )
+        response = await self._registry.DeriveModelVersion(request, timeout=timeout, metadata=self._metadata)
+        return version_info_of(response.version)
+
+    async def optimize(
+        self,
+        model: str,
+        version: int,
+        level: str = "extended",
+        simplify: bool = False,
+        *,
+        gate: Gate | None = None,
+        description: str = "",
+        load: bool = False,
+        timeout: float | None = None,
+    ) -> VersionInfo:
+        """See `Client.optimize`."""
+        recipe = Optimize(level=level, simplify=simplify)
+        return await self.derive(
+            model, version, recipe, gate=gate, description=description, load=load, timeout=timeout
+        )
+
+    async def quantize(
+        self,
+        model: str,
+        version: int,
+        mode: str = "dynamic",
+        per_channel: bool = False,
+        calibration: Arrays | None = None,
+        *,
+        gate: Gate | None = None,
+        description: str = "",
+        load: bool = False,
+        timeout: float | None = None,
+    ) -> VersionInfo:
+        """See `Client.quantize`."""
+        return await self.derive(
+            model,
+            version,
+            Quantize(mode=mode, per_channel=per_channel),
+            gate=gate,
+            calibration=calibration,
+            description=description,
+            load=load,
+            timeout=timeout,
+        )
+
+    async def fp16(
+        self,
+        model: str,
+        version: int,
+        fp16_io: bool = False,
+        *,
+        gate: Gate | None = None,
+        description: str = "",
+        load: bool = False,
+        timeout: float | None = None,
+    ) -> VersionInfo:
+        """See `Client.fp16`."""
+        recipe = Fp16(fp16_io=fp16_io)
+        return await self.derive(
+            model, version, recipe, gate=gate, description=description, load=load, timeout=timeout
+        )
+
+    async def profile(
+        self, model: str, version: int, batch_size: int = 1, runs: int = 10, *, timeout: float | None = None
+    ) -> ProfileResult:
+        """See `Client.profile`."""
+        request = rpb.ProfileModelVersionRequest(
+            model=model, version=version, batch_size=batch_size, runs=runs
+        )
+        response = await self._registry.ProfileModelVersion(request, timeout=timeout, metadata=self._metadata)
+        return profile_result_of(response)
 
     # --- rollout --------------------------------------------------------------------------
 

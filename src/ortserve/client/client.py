@@ -49,6 +49,16 @@ from ortserve.client.rollout import (
     traffic_request,
 )
 from ortserve.store.digest import hash_file
+from ortserve.toolkit.messages import (
+    gate_to_pb,
+    operator_from_pb,
+    recipe_from_pb,
+    recipe_to_pb,
+    report_from_pb,
+)
+from ortserve.toolkit.profile import OperatorTime
+from ortserve.toolkit.recipes import Fp16, Gate, Optimize, Quantize, Recipe
+from ortserve.toolkit.report import EvaluationReport
 
 CHUNK_BYTES = 1 << 20
 DEFAULT_RETRY = RetryPolicy()
@@ -84,6 +94,7 @@ class SharedTensor:
 
 
 Inputs = Mapping[str, "npt.ArrayLike | SharedTensor"]
+Arrays = Mapping[str, np.ndarray]
 Progress = Callable[[int, int], None]
 
 
@@ -136,6 +147,25 @@ class VersionInfo:
     # The version's provider preference and batching as registered (`providers` are the active ones).
     preferred_providers: list[str] = field(default_factory=list)
     batching: Batching = field(default_factory=Batching)
+    # Preferred providers the loaded session could not use (it runs on `providers` instead).
+    fallback_providers: list[str] = field(default_factory=list)
+    # A derived version: its source, how it was built and its comparison with the source.
+    derived_from: int | None = None
+    recipe: Recipe | None = None
+    report: EvaluationReport | None = None
+    # Rows of sample inputs stored with the version at registration (0: none).
+    sample_rows: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileResult:
+    """ONNX Runtime's profile of a version: nodes by total time (most first) and the Chrome trace
+    (JSON, opens in Perfetto), the mean time of one run and the providers it ran on."""
+
+    operators: tuple[OperatorTime, ...]
+    chrome_trace: bytes
+    mean_run_ms: float
+    providers: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +246,41 @@ def version_info_of(v: mpb.ModelVersion) -> VersionInfo:
         batch_axis=v.signature.batch_axis,
         preferred_providers=[p.name for p in v.providers],
         batching=batching_of(v.batching),
+        fallback_providers=list(v.fallback_providers),
+        derived_from=v.derived_from or None,
+        recipe=recipe_from_pb(v.recipe) if v.HasField("recipe") else None,
+        report=report_from_pb(v.report) if v.HasField("report") else None,
+        sample_rows=v.sample_rows,
+    )
+
+
+def derive_request(
+    model: str,
+    version: int,
+    recipe: Recipe,
+    *,
+    gate: Gate | None,
+    calibration: Arrays | None,
+    description: str,
+    load: bool,
+) -> rpb.DeriveModelVersionRequest:
+    return rpb.DeriveModelVersionRequest(
+        model=model,
+        version=version,
+        recipe=recipe_to_pb(recipe),
+        gate=gate_to_pb(gate) if gate is not None else None,
+        calibration=[to_tensor(name, array) for name, array in (calibration or {}).items()],
+        description=description,
+        load=load,
+    )
+
+
+def profile_result_of(response: rpb.ProfileModelVersionResponse) -> ProfileResult:
+    return ProfileResult(
+        operators=tuple(operator_from_pb(o) for o in response.operators),
+        chrome_trace=response.chrome_trace,
+        mean_run_ms=response.mean_run_ms,
+        providers=tuple(response.providers),
     )
 
 
@@ -320,6 +385,7 @@ def register_manifest(
     max_batch_size: int | None,
     load: bool,
     batching: Batching | None = None,
+    samples: Arrays | None = None,
 ) -> rpb.RegisterManifest:
     return rpb.RegisterManifest(
         name=name,
@@ -330,6 +396,7 @@ def register_manifest(
         providers=[mpb.ExecutionProvider(name=p) for p in providers],
         batching=batching_config(batching, max_batch_size),
         load=load,
+        samples=[to_tensor(name, array) for name, array in (samples or {}).items()],
     )
 
 
@@ -523,11 +590,14 @@ class Client:
         progress: Progress | None = None,
         timeout: float | None = None,
         batching: Batching | None = None,
+        samples: Arrays | None = None,
     ) -> VersionInfo:
         """Upload a model file in 1 MiB chunks as a new version; `progress(sent, total)` after each.
 
         With `load` the server that receives it loads and warms it up before answering.
         `batching` sets every batching setting; `max_batch_size` alone is its shorthand.
+        `samples` (one array per input, rows along axis 0) are stored with the version: the server
+        runs the model on them at registration and compares derived versions with it on them.
         """
         path = Path(path)
         size, sha256 = hash_file(path)
@@ -541,6 +611,7 @@ class Client:
             max_batch_size=max_batch_size,
             load=load,
             batching=batching,
+            samples=samples,
         )
         response = self._registry.RegisterModel(
             _upload(manifest, path, progress), timeout=timeout, metadata=self._metadata
@@ -593,6 +664,103 @@ class Client:
         """Drain and unload a version (0: every loaded one) on the server that answers."""
         request = rpb.UnloadModelVersionRequest(name=name, version=version)
         self._registry.UnloadModelVersion(request, timeout=timeout, metadata=self._metadata)
+
+    # --- derived versions and profiles ---------------------------------------------------------
+
+    def derive(
+        self,
+        model: str,
+        version: int,
+        recipe: Recipe,
+        *,
+        gate: Gate | None = None,
+        calibration: Arrays | None = None,
+        description: str = "",
+        load: bool = False,
+        timeout: float | None = None,
+    ) -> VersionInfo:
+        """Build a new version of `model` from `version` with `recipe` (Optimize, Quantize, Fp16).
+
+        The server compares it with its source on the stored samples (else generated inputs) and
+        registers it with the report; a `gate` it misses raises FAILED_PRECONDITION and nothing is
+        registered. `calibration` (one array per input) calibrates static quantization; without it
+        the source's samples are used. `timeout` bounds the call (default: none).
+        """
+        request = derive_request(
+            model, version, recipe, gate=gate, calibration=calibration, description=description, load=load
+        )
+        response = self._registry.DeriveModelVersion(request, timeout=timeout, metadata=self._metadata)
+        return version_info_of(response.version)
+
+    def optimize(
+        self,
+        model: str,
+        version: int,
+        level: str = "extended",
+        simplify: bool = False,
+        *,
+        gate: Gate | None = None,
+        description: str = "",
+        load: bool = False,
+        timeout: float | None = None,
+    ) -> VersionInfo:
+        """`derive` with ONNX Runtime's graph optimizations ("basic" or "extended"), then onnxslim."""
+        recipe = Optimize(level=level, simplify=simplify)
+        return self.derive(
+            model, version, recipe, gate=gate, description=description, load=load, timeout=timeout
+        )
+
+    def quantize(
+        self,
+        model: str,
+        version: int,
+        mode: str = "dynamic",
+        per_channel: bool = False,
+        calibration: Arrays | None = None,
+        *,
+        gate: Gate | None = None,
+        description: str = "",
+        load: bool = False,
+        timeout: float | None = None,
+    ) -> VersionInfo:
+        """`derive` with int8 quantization, "dynamic" or "static" (calibrated on `calibration`)."""
+        return self.derive(
+            model,
+            version,
+            Quantize(mode=mode, per_channel=per_channel),
+            gate=gate,
+            calibration=calibration,
+            description=description,
+            load=load,
+            timeout=timeout,
+        )
+
+    def fp16(
+        self,
+        model: str,
+        version: int,
+        fp16_io: bool = False,
+        *,
+        gate: Gate | None = None,
+        description: str = "",
+        load: bool = False,
+        timeout: float | None = None,
+    ) -> VersionInfo:
+        """`derive` converting float32 to float16 (`fp16_io`: the inputs and outputs too)."""
+        recipe = Fp16(fp16_io=fp16_io)
+        return self.derive(
+            model, version, recipe, gate=gate, description=description, load=load, timeout=timeout
+        )
+
+    def profile(
+        self, model: str, version: int, batch_size: int = 1, runs: int = 10, *, timeout: float | None = None
+    ) -> ProfileResult:
+        """Run ONNX Runtime's profiler on `version` (`runs` runs of `batch_size` rows of its samples)."""
+        request = rpb.ProfileModelVersionRequest(
+            model=model, version=version, batch_size=batch_size, runs=runs
+        )
+        response = self._registry.ProfileModelVersion(request, timeout=timeout, metadata=self._metadata)
+        return profile_result_of(response)
 
     # --- rollout --------------------------------------------------------------------------
 

@@ -1,13 +1,15 @@
-"""Recipes, gates and evaluation reports to and from the API's messages (model.proto).
+"""Recipes, gates, evaluation reports and operator profiles to and from the API's messages.
 
-One place for both sides: the SDK reads them off a ModelVersion and writes them into a
-DeriveModelVersionRequest; the server does the reverse. Imports protobuf stubs and the toolkit's
-value types only (no onnxruntime, no grpc).
+One place for both sides: the SDK reads them off a ModelVersion or a ProfileModelVersionResponse
+and writes them into a DeriveModelVersionRequest; the server does the reverse. Imports protobuf
+stubs and the toolkit's value types only (no onnxruntime, no grpc).
 """
 
 from __future__ import annotations
 
 from ortserve.api.v1 import model_pb2 as mpb
+from ortserve.api.v1 import registry_service_pb2 as rpb
+from ortserve.toolkit.profile import OperatorTime, Profile
 from ortserve.toolkit.recipes import Fp16, Gate, Optimize, Quantize, Recipe
 from ortserve.toolkit.report import EvaluationReport, OutputComparison
 
@@ -113,4 +115,28 @@ def report_from_pb(message: mpb.EvaluationReport) -> EvaluationReport:
         samples=message.samples,
         sample_rows=message.sample_rows,
         gate=gate_from_pb(message.gate) if message.HasField("gate") else None,
+    )
+
+
+def profile_to_pb(profile: Profile) -> rpb.ProfileModelVersionResponse:
+    return rpb.ProfileModelVersionResponse(
+        operators=[
+            rpb.OperatorTime(
+                op_type=o.op_type, node=o.node, calls=o.calls, total_us=o.total_us, share=o.share
+            )
+            for o in profile.operators
+        ],
+        chrome_trace=profile.trace,
+        mean_run_ms=profile.mean_run_ms,
+        providers=profile.providers,
+    )
+
+
+def operator_from_pb(message: rpb.OperatorTime) -> OperatorTime:
+    return OperatorTime(
+        op_type=message.op_type,
+        node=message.node,
+        calls=message.calls,
+        total_us=message.total_us,
+        share=message.share,
     )
