@@ -42,6 +42,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_connection_age_ms": (0, _INT32),
     "max_connection_age_grace_ms": (0, _INT32),
     "blob_cache_bytes": (0, 2**60),
+    "optimized_model_cache_bytes": (0, 2**60),
 }
 
 
@@ -72,6 +73,21 @@ class ServerConfig:
     # ONNX Runtime intra-op threads per session; 0: (cores - 1) / the version's
     # max_concurrent_batches, at least 1: one core stays with the event loop.
     intra_op_threads: int = 0
+    # Keep ONNX Runtime's optimized graph of each loaded model under <data_dir>/ort-cache, so a restart
+    # loads it without redoing graph optimization (keyed by the model, its session settings, ONNX
+    # Runtime's version, the providers with their options, the custom operator libraries and the CPU).
+    optimized_model_cache: bool = True
+    # Least recently used optimized models out above this size; 0: no limit.
+    optimized_model_cache_bytes: int = 1024 * MiB
+    # Shared libraries of custom ONNX Runtime operators, registered on every session and in the
+    # validation subprocess; each must exist and load, or the server does not start.
+    custom_op_libraries: tuple[str, ...] = ()
+    # The operator domains custom_op_libraries provide (ONNX Runtime cannot list them): models may
+    # use operators of these domains besides the standard ones.
+    custom_op_domains: tuple[str, ...] = ()
+    # onnxruntime-extensions (the `extensions` extra), when installed: its library is registered like
+    # custom_op_libraries and its domain ai.onnx.contrib allowed. Without the package: nothing.
+    onnxruntime_extensions: bool = True
     # Threads for warm-ups; 0: the machine's cores. Each loaded version also runs its batches on
     # threads of its own, one per batch it may run at once (max_concurrent_batches).
     executor_threads: int = 0
@@ -173,6 +189,7 @@ class ServerConfig:
         for name in ("intra_op_threads", "executor_threads"):
             if getattr(self, name) < 0:
                 raise InvalidInput(f"{name} must be >= 0, got {getattr(self, name)}")
+        _check_custom_op_domains(self.custom_op_domains, self.custom_op_libraries)
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise InvalidInput("tls_cert_file and tls_key_file must be set together")
         if self.tls_client_ca_file and not self.tls_cert_file:
@@ -195,6 +212,10 @@ class ServerConfig:
     def store_dir(self) -> Path:
         return Path(self.data_dir) / "store"
 
+    @property
+    def ort_cache_dir(self) -> Path:
+        return Path(self.data_dir) / "ort-cache"
+
     def as_dict(self) -> dict[str, Any]:
         """Settings for display; tokens and the database password are masked."""
         data = dataclasses.asdict(self)
@@ -212,6 +233,13 @@ def hide_password(url: str) -> str:
 def _check_prefix(name: str, value: str) -> None:
     if not value.startswith("/"):
         raise InvalidInput(f"{name} must start with '/', got {value!r}")
+
+
+def _check_custom_op_domains(domains: tuple[str, ...], libraries: tuple[str, ...]) -> None:
+    if domains and not libraries:
+        raise InvalidInput("custom_op_domains names domains of custom_op_libraries, which is empty")
+    if any(not domain.strip() for domain in domains):
+        raise InvalidInput(f"custom_op_domains must not hold empty names, got {list(domains)}")
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:

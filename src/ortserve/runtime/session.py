@@ -11,6 +11,8 @@ import structlog
 
 from ortserve.errors import FailedPrecondition, logged
 from ortserve.records import ModelVersionRecord, ProviderSpec, SessionSettings
+from ortserve.runtime.custom_ops import NO_CUSTOM_OPS, CustomOps
+from ortserve.runtime.load_cache import LoadCache, cache_key
 from ortserve.runtime.providers import check_fallback, resolve_providers
 
 try:
@@ -41,6 +43,9 @@ class SessionDefaults:
     # 0: the machine's cores but one (the event loop's: gRPC, parsing, batching) divided by the
     # version's concurrent batches, at least 1.
     intra_op_threads: int = 0
+    custom_ops: CustomOps = NO_CUSTOM_OPS
+    # ONNX Runtime-optimized models of earlier loads; None: optimize on every load.
+    load_cache: LoadCache | None = None
 
 
 class OrtSession:
@@ -81,6 +86,7 @@ def session_options(
     opts.enable_cpu_mem_arena = settings.enable_cpu_mem_arena
     # Idle worker threads must not spin on a machine shared with the gRPC loop.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    defaults.custom_ops.register(opts)
     return opts
 
 
@@ -97,13 +103,17 @@ def create_session(record: ModelVersionRecord, defaults: SessionDefaults, path: 
     plan = resolve_providers(preferred, ort.get_available_providers(), strict=defaults.strict_providers)
     names = [p.name for p in plan.providers]
     options = [dict(p.options) for p in plan.providers]
+
+    def build(model_path: str, opts: ort.SessionOptions) -> ort.InferenceSession:
+        return ort.InferenceSession(model_path, opts, providers=names, provider_options=options)
+
+    opts = session_options(record.session, defaults, record.batching.max_concurrent_batches)
     try:
-        session = ort.InferenceSession(
-            path or record.path,
-            session_options(record.session, defaults, record.batching.max_concurrent_batches),
-            providers=names,
-            provider_options=options,
-        )
+        if defaults.load_cache is None:
+            session = build(path or record.path, opts)
+        else:
+            key = cache_key(record.sha256, record.session, plan.providers, defaults.custom_ops)
+            session = defaults.load_cache.create(path or record.path, key, opts, build)
     except Exception as exc:  # ORT raises several unrelated types for a bad model or option
         message = f"model {record.model!r} version {record.version} failed to load in ONNX Runtime"
         raise FailedPrecondition(logged(message, exc)) from exc

@@ -5,6 +5,7 @@ Tests build the same graph through `build_server`.
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +27,10 @@ from ortserve.control import ControlPlane
 from ortserve.registry.db import open_registry
 from ortserve.registry.notify import listen_url
 from ortserve.registry.service import Registry
+from ortserve.runtime.custom_ops import load_custom_ops
+from ortserve.runtime.load_cache import LoadCache
 from ortserve.runtime.session import SessionDefaults
+from ortserve.runtime.validation import validate_model
 from ortserve.scheduler.inference import InferenceCore
 from ortserve.scheduler.pool import ModelPool
 from ortserve.server import soak_leak
@@ -77,15 +81,24 @@ def build_server(config: ServerConfig, tracer_provider: Any = None) -> Component
     tracing on, as `otlp_endpoint` does; tests pass one with an in-memory exporter."""
     tracer_provider = tracer_provider or _otlp_provider(config)
     auth = _auth(config)  # before anything is built: a bad token entry fails the start at once
+    custom_ops = load_custom_ops(
+        config.custom_op_libraries, config.custom_op_domains, extensions=config.onnxruntime_extensions
+    )
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     faults.install()  # test-only crash points, armed by ORTSERVE_TEST_FAULT
     engine = open_registry(config.db_url)
     store = open_store(config)
-    registry = Registry(engine, store, max_model_bytes=config.max_model_bytes)
+    validate = functools.partial(validate_model, custom_ops=custom_ops)
+    registry = Registry(engine, store, max_model_bytes=config.max_model_bytes, validate=validate)
     executor_threads, intra = _threads(config)
     executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="ort")
-    defaults = SessionDefaults(config.providers, config.strict_providers, intra)
     metrics = Metrics()
+    load_cache = (
+        LoadCache(config.ort_cache_dir, config.optimized_model_cache_bytes, metrics.load_cache_result)
+        if config.optimized_model_cache
+        else None
+    )
+    defaults = SessionDefaults(config.providers, config.strict_providers, intra, custom_ops, load_cache)
     pool = ModelPool(
         executor,
         defaults,

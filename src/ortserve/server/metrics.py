@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ortserve.errors import NotFound
 from ortserve.records import VersionState
+from ortserve.runtime.load_cache import RESULTS, Result
 from ortserve.scheduler.batch_queue import Flush
 from ortserve.server.loop_metrics import LoopCollector
 
@@ -64,6 +65,13 @@ class Metrics:
             "ortserve_batch_flush_total", "Batches closed, by reason", [*_VERSION, "reason"], registry=r
         )
 
+        # Loads by what the optimized-model cache did: each series exists from the start, at 0.
+        self.load_cache = Counter(
+            "ortserve_load_cache", "Model loads by optimized-model cache result", ["result"], registry=r
+        )
+        for result in RESULTS:
+            self.load_cache.labels(result)
+
         self.shadow = ShadowMetrics(r)
         self.loop_tasks = LoopTasks(r)
 
@@ -73,6 +81,9 @@ class Metrics:
 
     def poll_failed(self, kind: str) -> None:
         self.poll_failures.labels(kind).inc()
+
+    def load_cache_result(self, result: Result) -> None:
+        self.load_cache.labels(result).inc()
 
     def stream_message_failed(self, method: str, code: str) -> None:
         self.stream_message_errors.labels(method, code).inc()
