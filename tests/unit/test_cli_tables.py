@@ -149,6 +149,7 @@ def test_model_json_keys_are_stable() -> None:
     assert list(document["versions"][0]) == [
         "version", "state", "error", "sha256", "size_bytes", "inputs", "outputs", "batch_axis", "providers",
         "preferred_providers", "batching", "description", "labels", "created_by", "create_time",
+        "fallback_providers", "sample_rows", "derived_from", "recipe", "report",
     ]  # fmt: skip
     assert document["versions"][0]["inputs"] == [{"name": "x", "dtype": "FP32", "shape": [-1, 16]}]
     assert document["versions"][0]["create_time"] == "2026-01-02T03:04:05Z"

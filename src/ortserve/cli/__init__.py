@@ -199,6 +199,15 @@ def _add_models(sub: Any) -> None:
     )
     reg.add_argument("--max-batch-size", type=int)
     reg.add_argument("--no-load", action="store_true", help="store only; do not load on the server")
+    given = reg.add_mutually_exclusive_group()
+    given.add_argument(
+        "--sample",
+        action="append",
+        default=[],
+        metavar="NAME=FILE.npy",
+        help="sample rows of an input, stored with the version (derived versions are compared on them)",
+    )
+    given.add_argument("--samples", type=Path, metavar="FILE.npz", help="sample rows of every input, by name")
     reg.set_defaults(run=_models_register)
     ls = msub.add_parser("list", help="list models and versions")
     ls.set_defaults(run=_models_list)
@@ -217,8 +226,10 @@ def _add_models(sub: Any) -> None:
     for q in (reg, ls, show, imp):
         _client_flags(q)
     from ortserve.cli.rollout import add_rollout_commands
+    from ortserve.cli.toolkit import add_toolkit_commands
 
     add_rollout_commands(msub, _client_flags)
+    add_toolkit_commands(msub, _client_flags)
 
 
 def _client_flags(parser: argparse.ArgumentParser) -> None:
@@ -244,7 +255,10 @@ def _client(args: argparse.Namespace) -> Any:
 def _models_register(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ortserve.cli.toolkit import read_samples
+
     labels = dict(_pair(item, "--label") for item in args.label)
+    samples = read_samples(args.sample, args.samples)
     total = args.path.stat().st_size
     with (
         _client(args) as client,
@@ -263,6 +277,7 @@ def _models_register(args: argparse.Namespace) -> int:
             max_batch_size=args.max_batch_size,
             load=not args.no_load,
             progress=progress,
+            samples=samples,
         )
     from ortserve.cli.tables import version_json
 

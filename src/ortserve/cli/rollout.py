@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ortserve.client import VersionInfo
 
 
 def add_rollout_commands(msub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -102,8 +106,26 @@ def _out(args: argparse.Namespace, value: Any, text: str) -> str:
 
 def _promote(args: argparse.Namespace, client: Any) -> str:
     alias = client.set_alias(args.name, args.alias, args.version)
+    warning = ungated_warning(client.get_version(args.name, args.version))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return _out(
         args, alias, f"{args.name}: {alias.name} -> version {alias.version} (was {alias.previous_version})"
+    )
+
+
+def ungated_warning(version: VersionInfo) -> str:
+    """What to say when a derived version (a VersionInfo) passed no gate; "" otherwise."""
+    from ortserve.cli.tables import report_text
+    from ortserve.toolkit.recipes import describe
+
+    if version.derived_from is None or (version.report is not None and version.report.gate is not None):
+        return ""
+    how = describe(version.recipe) if version.recipe is not None else "recipe unknown"
+    report = report_text(version.report) if version.report is not None else "none"
+    return (
+        f"{version.model} version {version.version} was derived ({how}) from version "
+        f"{version.derived_from} without a gate; its report: {report}"
     )
 
 

@@ -1,4 +1,5 @@
-"""What `ortserve models list | show | audit | import-triton` print: tables and JSON documents.
+"""What `ortserve models list | show | audit | import-triton | optimize | profile ...` print: tables
+and JSON documents.
 
 A table is rendered with rich (colours, borders, wrapping) when standard output is a terminal, and
 otherwise as plain text for scripts: a `# title` line, then a header line and one line per row with
@@ -26,7 +27,9 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from ortserve.client import AuditEntry, ModelInfo, VersionInfo
-from ortserve.client.client import Batching
+from ortserve.client.client import Batching, ProfileResult
+from ortserve.toolkit.recipes import Gate, describe, recipe_to_json
+from ortserve.toolkit.report import EvaluationReport
 
 if TYPE_CHECKING:
     from ortserve.triton_import import ModelPlan
@@ -209,6 +212,7 @@ def model_tables(m: ModelInfo) -> list[Table]:
     if m.traffic is not None and m.traffic.shadow_target:
         tables.append(_shadow_table(m))
     tables.append(versions_table(m.versions))
+    tables.extend(derived_tables(m.versions))
     return tables
 
 
@@ -284,6 +288,99 @@ def versions_table(versions: Sequence[VersionInfo]) -> Table:
         for v in versions
     ]
     return Table("versions", columns, rows)
+
+
+# -- derived versions (models show, optimize, quantize, fp16) -----------------------------------
+
+
+def derived_tables(versions: Sequence[VersionInfo]) -> list[Table]:
+    """The derived versions among `versions`: source, recipe and report figures; then per output."""
+    derived = [v for v in versions if v.derived_from is not None]
+    if not derived:
+        return []
+    columns: tuple[str, ...] = ("VERSION", "DERIVED FROM", "RECIPE", "SAMPLES", "SIZE", "LATENCY BATCH 1")
+    columns += ("LATENCY BATCH 32", "GATE")
+    rows: list[tuple[Cell, ...]] = [
+        (
+            str(v.version),
+            f"version {v.derived_from}",
+            describe(v.recipe) if v.recipe is not None else "",
+            *_report_cells(v.report),
+        )
+        for v in derived
+    ]
+    outputs: list[tuple[Cell, ...]] = [
+        (
+            str(v.version),
+            o.name,
+            f"{o.max_abs_diff:.6g}",
+            f"{o.mean_abs_diff:.6g}",
+            Bar(o.argmax_agreement) if o.argmax_agreement is not None else "",
+        )
+        for v in derived
+        if v.report is not None
+        for o in v.report.outputs
+    ]
+    columns_out = ("VERSION", "OUTPUT", "MAX ABS DIFF", "MEAN ABS DIFF", "ARGMAX AGREEMENT")
+    return [
+        Table("derived versions (figures: derived / source)", columns, rows),
+        Table("derived versions: outputs compared with the source", columns_out, outputs),
+    ]
+
+
+def _report_cells(r: EvaluationReport | None) -> tuple[Cell, ...]:
+    if r is None:
+        return ("", "", "", "", "")
+    return (
+        f"{r.samples} ({r.sample_rows} rows)",
+        f"{r.size_ratio:.2f}x",
+        _latency_text(r.latency_ratio_batch1, r.source_latency_ms_batch1),
+        _latency_text(r.latency_ratio_batch32, r.source_latency_ms_batch32),
+        gate_text(r.gate) if r.gate is not None else Styled((("none", "yellow"),)),
+    )
+
+
+def _latency_text(ratio: float, source_ms: float) -> str:
+    return f"{ratio:.2f}x (source {source_ms:.3g} ms)" if ratio else "not measured"
+
+
+def gate_text(gate: Gate) -> str:
+    """ "max abs diff <= 0.05, argmax agreement >= 0.99"."""
+    parts = [f"max abs diff <= {gate.max_abs_diff:g}"] if gate.max_abs_diff is not None else []
+    parts += [f"argmax agreement >= {gate.min_agreement:g}"] if gate.min_agreement is not None else []
+    return ", ".join(parts) or "none"
+
+
+def report_text(r: EvaluationReport) -> str:
+    """One line: the worst figures per output and the size ratio (for warnings)."""
+    figures = [
+        f"{o.name} max abs diff {o.max_abs_diff:.6g}"
+        + (f", argmax agreement {o.argmax_agreement:.4f}" if o.argmax_agreement is not None else "")
+        for o in r.outputs
+    ]
+    return "; ".join([*figures, f"size {r.size_ratio:.2f}x of the source"])
+
+
+# -- models profile ---------------------------------------------------------------------------
+
+
+def profile_table(title: str, profile: ProfileResult, top: int) -> Table:
+    rows: list[tuple[Cell, ...]] = [
+        (o.op_type, o.node, str(o.calls), f"{o.total_us / 1000:.3f}", Bar(o.share))
+        for o in profile.operators[:top]
+    ]
+    return Table(title, ("OPERATOR", "NODE", "CALLS", "TOTAL (MS)", "SHARE"), rows)
+
+
+def profile_json(profile: ProfileResult) -> dict[str, Any]:
+    return {
+        "operators": [
+            {"op_type": o.op_type, "node": o.node, "calls": o.calls, "total_us": o.total_us, "share": o.share}
+            for o in profile.operators
+        ],
+        "mean_run_ms": profile.mean_run_ms,
+        "providers": list(profile.providers),
+    }
 
 
 # -- models audit -----------------------------------------------------------------------------
@@ -437,6 +534,11 @@ def version_json(v: VersionInfo) -> dict[str, Any]:
         "labels": dict(v.labels),
         "created_by": v.created_by,
         "create_time": v.create_time.isoformat() + "Z" if v.create_time is not None else None,
+        "fallback_providers": list(v.fallback_providers),
+        "sample_rows": v.sample_rows,
+        "derived_from": v.derived_from,
+        "recipe": recipe_to_json(v.recipe) if v.recipe is not None else None,
+        "report": v.report.to_json() if v.report is not None else None,
     }
 
 

@@ -81,7 +81,10 @@ def from_npz(source: bytes | Path, what: str) -> dict[str, np.ndarray]:
     """Arrays of an .npz file (no pickle); InvalidInput naming `what` when it is not one."""
     try:
         data = io.BytesIO(source) if isinstance(source, bytes) else source
-        with np.load(data, allow_pickle=False) as archive:
+        loaded = np.load(data, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise InvalidInput(f"{what} holds one array (.npy), not an .npz archive of arrays by input name")
+        with loaded as archive:
             return {name: _loaded(archive[name]) for name in archive.files}
     except (OSError, ValueError, EOFError) as exc:
         kind = type(exc).__name__
