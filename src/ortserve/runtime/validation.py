@@ -1,33 +1,37 @@
 """Validate an untrusted model file in a throwaway, memory-limited subprocess.
 
-The child loads the file without external data, rejects tensors stored outside it, runs the ONNX
-checker with full checks, allows operators only from known domains (and those of the custom operator
-libraries, which it registers), builds a CPU ONNX Runtime session and reads the signature. A crash,
-an out-of-memory kill or a timeout of the child takes nothing else down and becomes InvalidInput.
+The child (`toolkit.sandbox.run_job`) loads the file without external data, rejects tensors stored
+outside it, runs the ONNX checker with full checks, allows operators only from known domains (and
+those of the custom operator libraries, which it registers), builds a CPU ONNX Runtime session, reads
+the signature and runs one inference, so that a graph allocating more than the limit at load or at
+run is refused here. A crash, an out-of-memory kill or a timeout of the child takes nothing else down
+and becomes InvalidInput.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ortserve import dtypes
-from ortserve.errors import InvalidInput, ResourceExhausted, logged
+from ortserve.errors import InvalidInput, ResourceExhausted
 from ortserve.runtime.custom_ops import NO_CUSTOM_OPS, CustomOps
 from ortserve.signature import Signature, TensorSpec
+from ortserve.toolkit.samples import check_samples, from_npz, generate_samples, to_npz
+from ortserve.toolkit.sandbox import Detailed, SandboxLimits, run_job
 
 if TYPE_CHECKING:
     import onnx
 
 GiB = 1 << 30
 ALLOWED_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
-_RESULT = b"ortserve-validation-result "
-_OOM_SIGNS = ("bad_alloc", "alloc failed", "Failed to allocate", "MemoryError", "out of memory")
+# ONNX Runtime's words for an allocation that failed (the sandbox names the limit when it sees them).
+_OOM_SIGNS = ("bad_alloc", "alloc failed", "Failed to allocate", "out of memory")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,14 +51,30 @@ class ModelInfo:
 
 
 def validate_model(
-    path: Path, limits: ValidationLimits | None = None, custom_ops: CustomOps = NO_CUSTOM_OPS
+    path: Path,
+    limits: ValidationLimits | None = None,
+    custom_ops: CustomOps = NO_CUSTOM_OPS,
+    *,
+    samples: Mapping[str, np.ndarray] | None = None,
 ) -> ModelInfo:
     """Check the model at `path` in a subprocess; InvalidInput or ResourceExhausted naming the problem.
-    `custom_ops`: libraries the child registers, and domains it allows besides ALLOWED_DOMAINS."""
+
+    `custom_ops`: libraries the child registers, and domains it allows besides ALLOWED_DOMAINS.
+    The child runs one inference on `samples` (checked against the signature; a failing run is
+    refused), or without them on generated inputs of batch 1, where only running out of memory is
+    refused: generated values may be outside what the model accepts (indices, say).
+    """
     limits = limits or ValidationLimits()
     size = _check_size(path, limits)
     memory = limits.memory_bytes if limits.memory_bytes is not None else 4 * GiB + size
-    return _in_child(path, memory, limits.timeout_s, custom_ops)
+    sandbox = SandboxLimits(memory_bytes=memory, timeout_s=limits.timeout_s)
+    request: dict[str, Any] = {"path": str(path), "custom_ops": custom_ops.to_json(), "samples": None}
+    with tempfile.TemporaryDirectory(prefix="ortserve-validation-") as tmp:
+        if samples is not None:
+            request["samples"] = str(Path(tmp) / "samples.npz")
+            Path(request["samples"]).write_bytes(to_npz(samples))
+        result = run_job(f"{__name__}:validation_job", request, sandbox, "model validation")
+    return ModelInfo(result["opset"], result["producer"], Signature.from_json(result["signature"]))
 
 
 def _check_size(path: Path, limits: ValidationLimits) -> int:
@@ -69,85 +89,63 @@ def _check_size(path: Path, limits: ValidationLimits) -> int:
     return size
 
 
-def _in_child(path: Path, memory_bytes: int, timeout_s: float, custom_ops: CustomOps) -> ModelInfo:
-    """Run this module as a fresh interpreter (nothing of ours is inherited, unlike fork)."""
-    command = [sys.executable, "-m", __name__, str(path), str(memory_bytes), str(timeout_s)]
-    command.append(json.dumps(custom_ops.to_json()))
+def validation_job(request: dict[str, Any]) -> dict[str, Any]:
+    """The child's side of `validate_model` (run by the sandbox): the checks, then one inference."""
+    info, session = _check(Path(request["path"]), CustomOps.from_json(request["custom_ops"]))
+    if request["samples"] is None:
+        _run_generated(session, info.signature)
+    else:
+        samples = from_npz(Path(request["samples"]), "sample inputs")
+        check_samples(info.signature, samples, "sample inputs")
+        _run(session, samples, "the sample inputs")
+    return {"opset": info.opset, "producer": info.producer, "signature": info.signature.to_json()}
+
+
+def _run_generated(session: Any, signature: Signature) -> None:
     try:
-        done = subprocess.run(command, capture_output=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        raise InvalidInput(f"model validation timed out after {timeout_s:g} s") from None
-    lines = [line for line in done.stdout.splitlines() if line.startswith(_RESULT)]
-    if done.returncode != 0 or not lines:
-        raise InvalidInput(
-            f"model validation crashed (exit code {done.returncode}); the model may need more memory "
-            "than the validation limit or crash ONNX Runtime"
-        )
-    outcome = json.loads(lines[-1].removeprefix(_RESULT))
-    if outcome["ok"]:
-        return ModelInfo(outcome["opset"], outcome["producer"], Signature.from_json(outcome["signature"]))
-    detail = outcome.get("detail")
-    raise InvalidInput(logged(outcome["error"], detail) if detail else outcome["error"])
+        _run(session, generate_samples(signature, rows=1), "generated inputs (batch 1)")
+    except Detailed as exc:
+        if _out_of_memory(exc.detail):
+            raise
 
 
-class _Detailed(InvalidInput):
-    """A rejection whose library text (onnx, ONNX Runtime) is logged, never shown to the caller."""
-
-    def __init__(self, message: str, detail: BaseException) -> None:
-        super().__init__(message)
-        self.detail = f"{type(detail).__name__}: {detail}"
+def _out_of_memory(text: str) -> bool:
+    return any(sign in text for sign in _OOM_SIGNS)
 
 
-def _child_main(path: str, memory_bytes: int, timeout_s: float, custom_ops: CustomOps) -> None:
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    cpu = int(timeout_s) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+def _run(session: Any, feeds: Mapping[str, np.ndarray], what: str) -> None:
     try:
-        info = check_model_file(Path(path), custom_ops)
-        outcome: dict[str, Any] = {
-            "ok": True,
-            "opset": info.opset,
-            "producer": info.producer,
-            "signature": info.signature.to_json(),
-        }
-    except _Detailed as exc:
-        outcome = {"ok": False, "error": _name_oom(str(exc), exc.detail, memory_bytes), "detail": exc.detail}
-    except InvalidInput as exc:
-        outcome = {"ok": False, "error": _name_oom(str(exc), str(exc), memory_bytes)}
+        session.run(None, dict(feeds))
     except MemoryError:
-        outcome = {"ok": False, "error": _name_oom("model validation failed", "MemoryError", memory_bytes)}
-    except Exception as exc:
-        detail = f"{type(exc).__name__}: {exc}"
-        outcome = {"ok": False, "error": _name_oom("model validation failed", detail, memory_bytes)}
-        outcome["detail"] = detail
-    sys.stdout.buffer.write(_RESULT + json.dumps(outcome).encode() + b"\n")
-    sys.stdout.flush()
-
-
-def _name_oom(message: str, detail: str, memory_bytes: int) -> str:
-    if any(sign in detail for sign in _OOM_SIGNS):
-        return f"model validation exceeded its memory limit of {memory_bytes} bytes: {message}"
-    return message
+        raise
+    except Exception as exc:  # ONNX Runtime raises its own types
+        raise Detailed(f"the model fails to run on {what}", exc) from None
 
 
 def check_model_file(path: Path, custom_ops: CustomOps = NO_CUSTOM_OPS) -> ModelInfo:
     """The checks themselves, in this process: only for trusted files or inside the child."""
+    return _check(path, custom_ops)[0]
+
+
+def _check(path: Path, custom_ops: CustomOps) -> tuple[ModelInfo, Any]:
+    """ModelInfo and the CPU session its signature was read from."""
     import onnx
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise _Detailed("model bytes are not a valid ONNX model", exc) from None
+        raise Detailed("model bytes are not a valid ONNX model", exc) from None
     _reject_external_data(model)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
+        if _out_of_memory(str(exc)):
+            raise Detailed("the ONNX checker ran out of memory", exc) from None
         text = str(exc).replace(str(path.parent), "<upload>")
         raise InvalidInput(f"model fails the ONNX checker: {text}") from None
     _check_domains(model, custom_ops.domains)
-    return ModelInfo(_opset(model), model.producer_name, _signature(path, custom_ops))
+    session = _session(path, custom_ops)
+    return ModelInfo(_opset(model), model.producer_name, _signature(session)), session
 
 
 def _reject_external_data(model: onnx.ModelProto) -> None:
@@ -229,15 +227,20 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _signature(path: Path, custom_ops: CustomOps) -> Signature:
+def _session(path: Path, custom_ops: CustomOps) -> Any:
     import onnxruntime as ort
 
     try:
         options = ort.SessionOptions()
         custom_ops.register(options)
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except MemoryError:
+        raise
     except Exception as exc:
-        raise _Detailed("onnxruntime cannot load the model", exc) from None
+        raise Detailed("onnxruntime cannot load the model", exc) from None
+
+
+def _signature(session: Any) -> Signature:
     inputs = tuple(_spec(arg, "input") for arg in session.get_inputs())
     outputs = tuple(_spec(arg, "output") for arg in session.get_outputs())
     return Signature(inputs, outputs, _batch_axis(session.get_inputs(), session.get_outputs()))
@@ -262,9 +265,3 @@ def _batch_axis(inputs: list[Any], outputs: list[Any]) -> bool:
         return False
     names = {a.shape[0] for a in inputs if isinstance(a.shape[0], str)}
     return len(names) <= 1
-
-
-if __name__ == "__main__":
-    _child_main(
-        sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), CustomOps.from_json(json.loads(sys.argv[4]))
-    )
