@@ -60,6 +60,12 @@ docker-check: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+	$(PY) bench/toolkit.py
+
+# The toolkit's figures alone: int8 dynamic, int8 static and fp16 against fp32 (mlp, cnn), the load cache.
+.PHONY: bench-toolkit
+bench-toolkit: $(STAMP)
+	$(PY) bench/toolkit.py
 
 # The benchmark's peers (KServe's ModelServer, MLServer), each in its own venv; `make bench` installs
 # them on first use (bench/run_all.py --targets), this only does it ahead of time.
