@@ -225,11 +225,13 @@ def _add_models(sub: Any) -> None:
     imp.set_defaults(run=_models_import_triton)
     for q in (reg, ls, show, imp):
         _client_flags(q)
+    from ortserve.cli.export import add_export_command
     from ortserve.cli.rollout import add_rollout_commands
     from ortserve.cli.toolkit import add_toolkit_commands
 
     add_rollout_commands(msub, _client_flags)
     add_toolkit_commands(msub, _client_flags)
+    add_export_command(msub, _client_flags)
 
 
 def _client_flags(parser: argparse.ArgumentParser) -> None:
