@@ -132,6 +132,8 @@ def _derive(
 
 
 def _ops(path: Path) -> set[str]:
+    """The derived model's operator types, once it passes the checks registration applies."""
+    check_model_file(path)
     return {node.op_type for node in onnx.load(str(path)).graph.node}
 
 
@@ -216,6 +218,7 @@ def test_optimize_extended_and_simplify_cnn(models: dict, tmp_path: Path) -> Non
 
 def test_fp16_with_fp16_io_mlp_then_quantizing_it_is_refused(models: dict, tmp_path: Path) -> None:
     derived = _derive(models, "mlp", Fp16(fp16_io=True), tmp_path / "w")
+    assert "Cast" not in _ops(derived.path)
     session = ort.InferenceSession(str(derived.path), providers=["CPUExecutionProvider"])
     assert [i.type for i in session.get_inputs()] == ["tensor(float16)"]
     report = derived.report
@@ -226,6 +229,7 @@ def test_fp16_with_fp16_io_mlp_then_quantizing_it_is_refused(models: dict, tmp_p
     _check_latency(report)
 
     kept_io = _derive(models, "mlp", Fp16(), tmp_path / "kept")
+    assert "Cast" in _ops(kept_io.path)
     signature = models["mlp"][1]  # float32 inputs and outputs, float16 inside
     with pytest.raises(
         InvalidInput,

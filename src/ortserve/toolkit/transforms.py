@@ -212,9 +212,12 @@ def _chunks(arrays: Mapping[str, np.ndarray], batch_axis: bool) -> Iterator[dict
 
 def _fp16(recipe: Fp16, source: Path, target: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     def convert() -> None:
         model = onnx.load(str(source), load_external_data=False)
-        onnx.save(convert_float_to_float16(model, keep_io_types=not recipe.fp16_io), str(target))
+        converted = convert_float_to_float16(model, keep_io_types=not recipe.fp16_io)
+        OnnxModel(converted).topological_sort()  # the converter appends the inputs' Cast nodes last
+        onnx.save(converted, str(target))
 
     step(recipe, "the fp16 converter cannot handle the model", convert)
