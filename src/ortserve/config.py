@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from ortserve.errors import InvalidInput
+from ortserve.provider_specs import format_spec, parse_spec, parse_spec_list
+from ortserve.records import ProviderSpec
 
 ENV_PREFIX = "ORTSERVE_"
 MiB = 1 << 20
 _INT32 = 2**31 - 1
 _USER_PASSWORD = re.compile(r"^([^:/]+://[^:/@]*:)[^@]*@")
+# Provider specs (ortserve.provider_specs): a list in TOML, `;`-separated in the environment and flags.
+ProviderList = tuple[str, ...]
 
 
 # Settings that must lie in a closed range.
@@ -66,8 +70,9 @@ class ServerConfig:
     # e.g. http://otel-collector:4317; empty: tracing off, nothing on the hot path.
     otlp_endpoint: str = ""
     tracing_service_name: str = "ortserve"
-    # Execution providers tried in order when a version names none.
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # Execution providers tried in order when a version names none, with their options:
+    # "CUDAExecutionProvider:device_id=0,gpu_mem_limit=2147483648" or a short name ("cuda", "cpu").
+    providers: ProviderList = ("CPUExecutionProvider",)
     # Fail a load when a preferred provider is unavailable instead of recording the fallback.
     strict_providers: bool = False
     # ONNX Runtime intra-op threads per session; 0: (cores - 1) / the version's
@@ -186,6 +191,7 @@ class ServerConfig:
             raise InvalidInput(f"grace_period_s must be a finite number >= 0, got {self.grace_period_s}")
         if not self.providers:
             raise InvalidInput("providers must name at least one execution provider")
+        _parse_providers(self.providers)  # a spec's syntax error stops the start
         for name in ("intra_op_threads", "executor_threads"):
             if getattr(self, name) < 0:
                 raise InvalidInput(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -209,6 +215,10 @@ class ServerConfig:
         return hide_password(self.db_url)
 
     @property
+    def provider_specs(self) -> tuple[ProviderSpec, ...]:
+        return _parse_providers(self.providers)
+
+    @property
     def store_dir(self) -> Path:
         return Path(self.data_dir) / "store"
 
@@ -230,6 +240,13 @@ def hide_password(url: str) -> str:
     return _USER_PASSWORD.sub(r"\1***@", url, count=1)
 
 
+def _parse_providers(texts: tuple[str, ...]) -> tuple[ProviderSpec, ...]:
+    try:
+        return tuple(parse_spec(text) for text in texts)
+    except InvalidInput as exc:
+        raise InvalidInput(f"providers: {exc}") from None
+
+
 def _check_prefix(name: str, value: str) -> None:
     if not value.startswith("/"):
         raise InvalidInput(f"{name} must start with '/', got {value!r}")
@@ -243,6 +260,8 @@ def _check_custom_op_domains(domains: tuple[str, ...], libraries: tuple[str, ...
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:
+    if kind == "ProviderList":
+        return _provider_list(name, value)
     try:
         if isinstance(value, str):
             if kind == "bool":
@@ -262,6 +281,18 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
         return value
     except (TypeError, ValueError):
         raise InvalidInput(f"{name}: cannot read {value!r} as {kind}") from None
+
+
+def _provider_list(name: str, value: Any) -> tuple[str, ...]:
+    """Provider specs in their text form, from `a;b` text or a list of specs."""
+    try:
+        if isinstance(value, str):
+            return tuple(format_spec(spec) for spec in parse_spec_list(value))
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(format_spec(parse_spec(v)) for v in value)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{name}: {exc}") from None
+    raise InvalidInput(f"{name}: expected provider specs (a list of strings), got {value!r}")
 
 
 def load_config(

@@ -266,6 +266,14 @@ class ControlPlane:
         active = slot.session.providers if slot.session is not None else ()
         return slot.state, slot.error, active
 
+    def fallback(self, record: ModelVersionRecord) -> tuple[str, ...]:
+        """Preferred providers the version's session on this server could not use (none: not loaded)."""
+        try:
+            slot = self.pool.slot(record.model, record.version)
+        except OrtserveError:
+            return ()
+        return slot.session.fallback if slot.session is not None else ()
+
 
 def _spawn(tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]) -> None:
     """Run `work` in the background, tracked in `tasks` until it ends."""

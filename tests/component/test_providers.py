@@ -21,8 +21,10 @@ from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
+from ortserve.client.aio import AsyncClient
 from ortserve.client.client import to_tensor
 from ortserve.config import ServerConfig, load_config
+from ortserve.errors import InvalidInput
 from ortserve.records import ProviderSpec
 from ortserve.server.app import OrtServer
 from tests import onnx_models
@@ -140,3 +142,121 @@ async def test_strict_providers_without_an_alias_route_to_the_latest_ready_versi
         assert (await running.version(cuda)).state == mpb.VERSION_STATE_FAILED
         for _ in range(10):
             assert (await running.predict()).model_version == good
+
+
+# --- provider specs end to end: the SDK's spec strings, validation, fallback as data ------------
+
+
+def fallback_series(server: OrtServer, version: int) -> dict[str, str]:
+    """Labels of the version's ortserve_provider_fallback series ({} when there is none)."""
+    for metric in server.parts.metrics.registry.collect():
+        for sample in metric.samples:
+            if sample.name == "ortserve_provider_fallback" and sample.labels["version"] == str(version):
+                assert sample.value == 1
+                return dict(sample.labels)
+    return {}
+
+
+async def test_a_fallback_is_data_on_the_version_and_in_the_metrics(tmp_path: Path) -> None:
+    async with serving(plain(tmp_path)) as running:
+        path = tmp_path / "m.onnx"
+        onnx_models.linear(path)
+        async with AsyncClient(f"127.0.0.1:{running.server.port}") as client:
+            info = await client.register(
+                path, "m", providers=["cuda:device_id=0,gpu_mem_limit=1073741824", "cpu"]
+            )
+        shown = await running.version(info.version)
+        assert shown.state == mpb.VERSION_STATE_READY, shown.error
+        assert [(p.name, dict(p.options)) for p in shown.providers] == [
+            (CUDA, {"device_id": "0", "gpu_mem_limit": "1073741824"}),
+            (CPU, {}),
+        ]
+        assert list(shown.active_providers) == [CPU]
+        assert list(shown.fallback_providers) == [CUDA]
+        assert fallback_series(running.server, info.version) == {
+            "model": "m",
+            "version": str(info.version),
+            "requested": f"{CUDA},{CPU}",
+            "active": CPU,
+        }
+        response = await running.predict()
+        assert response.timing.provider == CPU
+        compute = running.server.parts.metrics.registry.get_sample_value(
+            "ortserve_compute_duration_seconds_count",
+            {"model": "m", "version": str(info.version), "provider": CPU},
+        )
+        assert compute is not None and compute >= 1
+        session = running.server.parts.control.pool.slot("m", info.version).session
+        assert session is not None and session.bound_runs == 0  # CPU: no IO binding
+        assert "run" not in vars(session)  # the CPU path is InferenceSession.run, unwrapped
+
+        await running.registry.UnloadModelVersion(
+            rpb.UnloadModelVersionRequest(name="m", version=info.version)
+        )
+        assert list((await running.version(info.version)).fallback_providers) == []
+        assert fallback_series(running.server, info.version) == {}
+
+
+async def test_strict_providers_fail_the_load_naming_cuda(tmp_path: Path) -> None:
+    async with serving(strict_by_argument(tmp_path)) as running:
+        path = tmp_path / "m.onnx"
+        onnx_models.linear(path)
+        async with AsyncClient(f"127.0.0.1:{running.server.port}") as client:
+            info = await client.register(path, "m", providers=["cuda", "cpu"], load=False)
+        with pytest.raises(aio.AioRpcError) as refused:
+            await running.registry.LoadModelVersion(
+                rpb.LoadModelVersionRequest(name="m", version=info.version)
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert CUDA in (refused.value.details() or "")
+        assert fallback_series(running.server, info.version) == {}
+
+
+@pytest.mark.parametrize(
+    ("providers", "named"),
+    [
+        (["CUDAExecutionProvder", "cpu"], ["'CUDAExecutionProvder'", CUDA, CPU]),
+        (["cuda:gpu_memory_limit=1", "cpu"], ["'gpu_memory_limit'", CUDA]),
+        (["tensorrt:trt_fp16=1"], ["'trt_fp16'", "TensorrtExecutionProvider"]),
+        (["cpu:use_arena=0"], ["'use_arena'", CPU]),
+    ],
+)
+async def test_an_unknown_provider_or_option_is_refused_at_registration(
+    tmp_path: Path, providers: list[str], named: list[str]
+) -> None:
+    async with serving(plain(tmp_path)) as running:
+        path = tmp_path / "m.onnx"
+        onnx_models.linear(path)
+        async with AsyncClient(f"127.0.0.1:{running.server.port}") as client:
+            with pytest.raises(grpc.RpcError) as refused:
+                await client.register(path, "m", providers=providers)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            for name in named:
+                assert name in (refused.value.details() or "")
+            assert running.server.parts.control.registry.all_versions() == []
+            good = await client.register(path, "m", providers=[(CPU, {})])
+        assert good.version == 1 and (await running.predict()).model_version == 1
+
+
+async def test_the_server_default_carries_options_into_the_session(tmp_path: Path) -> None:
+    config = load_config(
+        environ={"ORTSERVE_PROVIDERS": "cuda:device_id=0;cpu", "ORTSERVE_DATA_DIR": str(tmp_path / "data")},
+        overrides={"port": 0, "metrics_port": 0},
+    )
+    async with serving(config) as running:
+        version = await running.register(tmp_path / "m.onnx", ())
+        shown = await running.version(version)
+        assert list(shown.providers) == []  # the version names none: the server's default applies
+        assert list(shown.fallback_providers) == [CUDA] and list(shown.active_providers) == [CPU]
+        assert fallback_series(running.server, version)["requested"] == f"{CUDA},{CPU}"
+
+
+def test_a_server_default_with_an_unknown_option_does_not_start(tmp_path: Path) -> None:
+    config = ServerConfig(
+        port=0, metrics_port=0, data_dir=str(tmp_path / "data"), providers=("cuda:gpu_mem=1", "cpu")
+    )
+    with pytest.raises(InvalidInput) as refused:
+        OrtServer(config)
+    assert "server setting providers: unknown option 'gpu_mem' for CUDAExecutionProvider" in str(
+        refused.value
+    )

@@ -90,7 +90,7 @@ def test_register_round_trip(registry: Registry, linear_path: Path) -> None:
         "linear",
         description="first",
         labels={"team": "search"},
-        providers=[ProviderSpec("CPUExecutionProvider", MappingProxyType({"arena": "1"}))],
+        providers=[ProviderSpec("CUDAExecutionProvider", MappingProxyType({"device_id": "1"}))],
         batching=BatchingSettings(max_batch_size=8, max_queue_delay_us=100),
         session=SessionSettings(intra_op_num_threads=2),
         created_by="alice",
@@ -108,7 +108,7 @@ def test_register_round_trip(registry: Registry, linear_path: Path) -> None:
     assert registry.all_versions() == [record]
     stored = registry.get_version("linear", 1)
     assert stored.labels == {"team": "search"} and stored.created_by == "alice"
-    assert stored.providers[0].options == {"arena": "1"}
+    assert stored.providers[0].options == {"device_id": "1"}
     assert stored.batching.max_batch_size == 8 and stored.session.intra_op_num_threads == 2
     assert stored.created_at.utcoffset() is not None
     model = registry.get_model("linear")

@@ -35,7 +35,7 @@ from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.client.client import to_tensor
 from ortserve.config import ServerConfig
 from ortserve.errors import Unavailable
-from ortserve.records import BatchingSettings, VersionState
+from ortserve.records import BatchingSettings, ProviderSpec, VersionState
 from ortserve.scheduler.batch_queue import Flush
 from ortserve.server.app import OrtServer
 from tests import onnx_models
@@ -261,7 +261,8 @@ def all_queries() -> list[Query]:
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[OrtServer]:
     """`linear` 1 (production) with 2 as its shadow and 3 FAILED (its warm-up fails); `queued`, whose
-    queue holds one request that waits 200 ms for company."""
+    queue holds one request that waits 200 ms for company; `fallback`, which prefers a provider no
+    pip-installed ONNX Runtime offers (MIGraphX) and runs on CPU."""
     config = ServerConfig(port=0, metrics_port=0, data_dir=str(tmp_path / "data"), poll_interval_s=0.05)
     server = OrtServer(config)
     registry = server.parts.control.registry
@@ -274,6 +275,8 @@ async def server(tmp_path: Path) -> AsyncIterator[OrtServer]:
     onnx_models.linear(tmp_path / "queued.onnx")
     small = BatchingSettings(max_batch_size=8, max_queue_delay_us=200_000, max_queue_size=1)
     registry.register_file(tmp_path / "queued.onnx", "queued", batching=small)
+    lost = (ProviderSpec("MIGraphXExecutionProvider"), ProviderSpec("CPUExecutionProvider"))
+    registry.register_file(tmp_path / "queued.onnx", "fallback", providers=lost)
     await server.start()
     await server.parts.control.settle()
     yield server
@@ -286,6 +289,7 @@ def rows(model: str = "linear", width: int = 16) -> ipb.PredictRequest:
 
 async def send_traffic(stub: ipb_grpc.InferenceServiceStub) -> None:
     await asyncio.gather(*(stub.Predict(rows(), timeout=10) for _ in range(6)))
+    await stub.Predict(rows("fallback"), timeout=10)
     with pytest.raises(aio.AioRpcError):
         await stub.Predict(rows(width=15), timeout=10)
     stream = stub.PredictStream()
@@ -359,6 +363,8 @@ async def test_every_metric_and_label_of_the_dashboard_and_rules_is_in_a_real_sc
     assert value("ortserve_shadow_compared_total", model="linear", version="2") >= 6
     assert value("ortserve_shadow_errors_total", model="linear", version="3") >= 1
     assert value("ortserve_stream_message_errors_total", code="INVALID_ARGUMENT") == 1
+    migraphx_first = "MIGraphXExecutionProvider,CPUExecutionProvider"
+    assert value("ortserve_provider_fallback", model="fallback", requested=migraphx_first) == 1
 
     checker = Checker(sample_labels(samples))
     for query in all_queries():

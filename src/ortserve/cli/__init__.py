@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from ortserve import dtypes
-from ortserve.errors import OrtserveError
+from ortserve.errors import InvalidInput, OrtserveError
+from ortserve.provider_specs import parse_spec
+from ortserve.records import ProviderSpec
 
 DEFAULT_SERVER = "127.0.0.1:8001"
 
@@ -50,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _provider_spec(text: str) -> ProviderSpec:
+    """argparse type of --provider: a spec, or a usage error naming what is wrong with it."""
+    try:
+        return parse_spec(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file (default: $ORTSERVE_CONFIG)")
     p.add_argument("--host")
@@ -62,7 +72,7 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys: tuple[str, ...] = ("host", "port", "metrics_port", "data_dir", "db", "log_level", "model_dir")
-    keys += ("model_name", "workers")
+    keys += ("model_name", "workers", "providers")
     return {k: getattr(args, k, None) for k in keys}
 
 
@@ -79,6 +89,11 @@ def _add_serve(sub: Any) -> None:
     )
     p.add_argument("--model-name", help="name of --model-dir's single model.onnx (default: the folder name)")
     p.add_argument("--workers", type=int, help="server processes sharing the port (default 1)")
+    p.add_argument(
+        "--providers",
+        metavar="SPECS",
+        help="default execution providers, ';'-separated specs NAME[:key=value,...] in order of preference",
+    )
     p.set_defaults(run=_serve)
 
 
@@ -195,7 +210,13 @@ def _add_models(sub: Any) -> None:
     reg.add_argument("--description", default="")
     reg.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     reg.add_argument(
-        "--provider", action="append", default=[], help="execution provider, in order of preference"
+        "--provider",
+        action="append",
+        default=[],
+        type=_provider_spec,
+        metavar="SPEC",
+        help="execution provider, repeated in order of preference: NAME[:key=value,...], "
+        "e.g. cuda:device_id=0,gpu_mem_limit=2147483648 (short names: cpu, cuda, tensorrt, ...)",
     )
     reg.add_argument("--max-batch-size", type=int)
     reg.add_argument("--no-load", action="store_true", help="store only; do not load on the server")

@@ -53,6 +53,7 @@ from ortserve.client.rollout import (
     traffic_of,
     traffic_request,
 )
+from ortserve.provider_specs import ProviderLike
 from ortserve.store.digest import hash_file
 from ortserve.toolkit.recipes import Fp16, Gate, Optimize, Quantize, Recipe
 
@@ -194,7 +195,7 @@ class AsyncClient:
         *,
         description: str = "",
         labels: Mapping[str, str] | None = None,
-        providers: Sequence[str] = (),
+        providers: Sequence[ProviderLike] = (),
         max_batch_size: int | None = None,
         load: bool = True,
         progress: Progress | None = None,

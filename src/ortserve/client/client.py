@@ -48,6 +48,7 @@ from ortserve.client.rollout import (
     traffic_of,
     traffic_request,
 )
+from ortserve.provider_specs import ProviderLike, to_specs
 from ortserve.store.digest import hash_file
 from ortserve.toolkit.messages import (
     gate_to_pb,
@@ -381,7 +382,7 @@ def register_manifest(
     sha256: str,
     description: str,
     labels: Mapping[str, str] | None,
-    providers: Sequence[str],
+    providers: Sequence[ProviderLike],
     max_batch_size: int | None,
     load: bool,
     batching: Batching | None = None,
@@ -393,7 +394,7 @@ def register_manifest(
         sha256=sha256,
         description=description,
         labels=dict(labels or {}),
-        providers=[mpb.ExecutionProvider(name=p) for p in providers],
+        providers=[mpb.ExecutionProvider(name=p.name, options=dict(p.options)) for p in to_specs(providers)],
         batching=batching_config(batching, max_batch_size),
         load=load,
         samples=[to_tensor(name, array) for name, array in (samples or {}).items()],
@@ -584,7 +585,7 @@ class Client:
         *,
         description: str = "",
         labels: Mapping[str, str] | None = None,
-        providers: Sequence[str] = (),
+        providers: Sequence[ProviderLike] = (),
         max_batch_size: int | None = None,
         load: bool = True,
         progress: Progress | None = None,
@@ -598,6 +599,8 @@ class Client:
         `batching` sets every batching setting; `max_batch_size` alone is its shorthand.
         `samples` (one array per input, rows along axis 0) are stored with the version: the server
         runs the model on them at registration and compares derived versions with it on them.
+        `providers`, in order of preference: "CUDAExecutionProvider:device_id=0,gpu_mem_limit=2147483648"
+        or "cuda" strings (ortserve.provider_specs), ProviderSpec values or (name, options) pairs.
         """
         path = Path(path)
         size, sha256 = hash_file(path)

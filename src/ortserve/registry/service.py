@@ -44,6 +44,7 @@ from ortserve.registry import rollout
 from ortserve.registry.db import READ_ONLY
 from ortserve.registry.orm import Alias, ModelVersion, TrafficPolicyRow, utcnow
 from ortserve.registry.paging import DEFAULT_PAGE_SIZE, decode_token, encode_token, page_size_of
+from ortserve.runtime.session import check_providers
 from ortserve.runtime.validation import ModelInfo, ValidationLimits, validate_model
 from ortserve.store import STALE_TEMP_S, BlobStore, BlobUpload, Garbage, hash_file
 
@@ -155,6 +156,7 @@ class Registry:
 
     def _check_manifest(self, manifest: Manifest) -> None:
         check_name(manifest.name)
+        check_providers(manifest.providers, f"model {manifest.name!r} providers")
         if manifest.size_bytes <= 0:
             raise InvalidInput(f"manifest size_bytes must be > 0, got {manifest.size_bytes}")
         if manifest.size_bytes > self.max_model_bytes:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import structlog
@@ -13,7 +15,15 @@ from ortserve.errors import FailedPrecondition, logged
 from ortserve.records import ModelVersionRecord, ProviderSpec, SessionSettings
 from ortserve.runtime.custom_ops import NO_CUSTOM_OPS, CustomOps
 from ortserve.runtime.load_cache import LoadCache, cache_key
-from ortserve.runtime.providers import check_fallback, resolve_providers
+from ortserve.runtime.providers import (
+    CPU,
+    DEVICE_PROVIDERS,
+    ProviderPlan,
+    check_fallback,
+    check_specs,
+    resolve_providers,
+    with_cache_paths,
+)
 
 try:
     import onnxruntime as ort
@@ -38,7 +48,7 @@ _LEVELS = {
 class SessionDefaults:
     """Server-wide defaults a version's own settings fall back to."""
 
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    providers: tuple[ProviderSpec, ...] = (ProviderSpec(CPU),)
     strict_providers: bool = False
     # 0: the machine's cores but one (the event loop's: gRPC, parsing, batching) divided by the
     # version's concurrent batches, at least 1.
@@ -46,16 +56,39 @@ class SessionDefaults:
     custom_ops: CustomOps = NO_CUSTOM_OPS
     # ONNX Runtime-optimized models of earlier loads; None: optimize on every load.
     load_cache: LoadCache | None = None
+    # TensorRT engine and timing caches without a path of their own go to <dir>/<model>-<version>;
+    # "": ONNX Runtime's default (the working directory).
+    trt_cache_dir: str = ""
 
 
 class OrtSession:
-    """A loaded InferenceSession. `run` is thread-safe and releases the GIL."""
+    """A loaded InferenceSession. `run` is thread-safe and releases the GIL.
 
-    def __init__(self, session: ort.InferenceSession, fallback: tuple[str, ...]) -> None:
+    On CUDA or TensorRT, `run` uses IO binding (inputs bound from host memory, outputs bound to host
+    memory), chosen here once (`io_binding` None: by the first provider; a model with string tensors
+    never); on CPU it is InferenceSession.run as is. `bound_runs` counts the runs that went through
+    IO binding.
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        fallback: tuple[str, ...],
+        requested: tuple[str, ...] = (),
+        *,
+        io_binding: bool | None = None,
+    ) -> None:
         self._session = session
         self.providers: tuple[str, ...] = tuple(session.get_providers())
         self.provider = self.providers[0]
         self.fallback = fallback
+        # The provider preference the session was asked for (before resolution and fallback).
+        self.requested = requested or self.providers
+        self.bound_runs = 0
+        self._outputs = [o.name for o in session.get_outputs()]
+        self._count_lock = threading.Lock()
+        if _binds(session, self.provider) if io_binding is None else io_binding:
+            self.run = self._run_bound  # type: ignore[method-assign]
 
     def run(
         self,
@@ -67,6 +100,29 @@ class OrtSession:
             list(outputs) if outputs else None, dict(feeds), run_options
         )
         return results
+
+    def _run_bound(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        run_options: ort.RunOptions | None = None,
+    ) -> list[np.ndarray]:
+        binding = self._session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in outputs or self._outputs:
+            binding.bind_output(name, "cpu")
+        self._session.run_with_iobinding(binding, run_options)
+        with self._count_lock:
+            self.bound_runs += 1
+        results: list[np.ndarray] = binding.copy_outputs_to_cpu()
+        return results
+
+
+def _binds(session: ort.InferenceSession, provider: str) -> bool:
+    """IO binding pays on a device provider; string tensors stay on ONNX Runtime's plain run."""
+    args = [*session.get_inputs(), *session.get_outputs()]
+    return provider in DEVICE_PROVIDERS and all(a.type != "tensor(string)" for a in args)
 
 
 def session_options(
@@ -90,6 +146,11 @@ def session_options(
     return opts
 
 
+def check_providers(specs: Sequence[ProviderSpec], what: str) -> None:
+    """INVALID_ARGUMENT for a provider this ONNX Runtime does not know or an undocumented option key."""
+    check_specs(specs, ort.get_all_providers(), what)
+
+
 def is_ort_error(exc: BaseException) -> bool:
     """Whether ONNX Runtime raised `exc` (its exception types live in the pybind state module)."""
     return type(exc).__module__ == _ORT_ERRORS_MODULE
@@ -99,8 +160,10 @@ def create_session(record: ModelVersionRecord, defaults: SessionDefaults, path: 
     """Build the session for `record` from the model file at `path` (default: `record.path`) with
     its provider preference (else the server's)."""
 
-    preferred = record.providers or tuple(ProviderSpec(name) for name in defaults.providers)
+    preferred = record.providers or defaults.providers
     plan = resolve_providers(preferred, ort.get_available_providers(), strict=defaults.strict_providers)
+    if defaults.trt_cache_dir:
+        plan = _with_trt_caches(plan, Path(defaults.trt_cache_dir) / f"{record.model}-{record.version}")
     names = [p.name for p in plan.providers]
     options = [dict(p.options) for p in plan.providers]
 
@@ -115,7 +178,10 @@ def create_session(record: ModelVersionRecord, defaults: SessionDefaults, path: 
             key = cache_key(record.sha256, record.session, plan.providers, defaults.custom_ops)
             session = defaults.load_cache.create(path or record.path, key, opts, build)
     except Exception as exc:  # ORT raises several unrelated types for a bad model or option
-        message = f"model {record.model!r} version {record.version} failed to load in ONNX Runtime"
+        message = (
+            f"model {record.model!r} version {record.version} failed to load in ONNX Runtime "
+            f"with providers {', '.join(names)}"
+        )
         raise FailedPrecondition(logged(message, exc)) from exc
     # The Python wrapper would otherwise retry failed runs on CPU by mutating the shared session.
     session.disable_fallback()
@@ -124,7 +190,15 @@ def create_session(record: ModelVersionRecord, defaults: SessionDefaults, path: 
     )
     if fallback:
         log.warning("provider_fallback", model=record.model, version=record.version, missing=list(fallback))
-    return OrtSession(session, fallback)
+    return OrtSession(session, fallback, tuple(p.name for p in preferred))
 
 
-__all__ = ["OrtSession", "SessionDefaults", "create_session", "is_ort_error"]
+def _with_trt_caches(plan: ProviderPlan, directory: Path) -> ProviderPlan:
+    """The plan with TensorRT's enabled caches given `directory` where they have no path (created)."""
+    specs = tuple(with_cache_paths(spec, directory) for spec in plan.providers)
+    if specs != plan.providers:
+        directory.mkdir(parents=True, exist_ok=True)
+    return ProviderPlan(specs, plan.unavailable)
+
+
+__all__ = ["OrtSession", "SessionDefaults", "check_providers", "create_session", "is_ort_error"]

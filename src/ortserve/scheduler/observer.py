@@ -16,6 +16,12 @@ class VersionObserver(Protocol):
 
     def started(self) -> None: ...
 
+    def loaded(self, requested: tuple[str, ...], active: tuple[str, ...], fallback: tuple[str, ...]) -> None:
+        """A session is ready: the providers asked for, those it runs on, and those it lost."""
+
+    def unloaded(self) -> None:
+        """The session is gone (unloaded, evicted); the version may load again."""
+
     def finished(self, seconds: float, queue_ns: int, code: str) -> None: ...
 
     def close(self) -> None:
@@ -33,6 +39,12 @@ class NullObserver:
         pass
 
     def started(self) -> None:
+        pass
+
+    def loaded(self, requested: tuple[str, ...], active: tuple[str, ...], fallback: tuple[str, ...]) -> None:
+        pass
+
+    def unloaded(self) -> None:
         pass
 
     def finished(self, seconds: float, queue_ns: int, code: str) -> None:

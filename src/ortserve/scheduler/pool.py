@@ -323,6 +323,7 @@ class ModelPool:
             tracer=self._batch_tracer(record),
         )
         slot.last_used = time.monotonic()
+        slot.observer.loaded(session.requested, session.providers, session.fallback)
         slot.state = VersionState.READY
         self._apply_routes()
         log.info(
@@ -378,6 +379,7 @@ class ModelPool:
         if slot.batcher is not None:
             await slot.batcher.aclose()
         slot.session, slot.batcher, slot.memory_bytes = None, None, 0
+        slot.observer.unloaded()
         log.info("model_unloaded", model=model, version=version, reason=reason)
         self.events.publish(reason, model, version, slot.state)
 

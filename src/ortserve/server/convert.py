@@ -132,6 +132,7 @@ def version_to_pb(
     state: VersionState | None = None,
     error: str = "",
     active: tuple[str, ...] = (),
+    fallback: tuple[str, ...] = (),
 ) -> mpb.ModelVersion:
     state = state or record.state
     return mpb.ModelVersion(
@@ -152,6 +153,7 @@ def version_to_pb(
         created_by=record.created_by,
         create_time=_timestamp(record.created_at),
         active_providers=active,
+        fallback_providers=fallback,
     )
 
 

@@ -29,7 +29,7 @@ from ortserve.registry.notify import listen_url
 from ortserve.registry.service import Registry
 from ortserve.runtime.custom_ops import load_custom_ops
 from ortserve.runtime.load_cache import LoadCache
-from ortserve.runtime.session import SessionDefaults
+from ortserve.runtime.session import SessionDefaults, check_providers
 from ortserve.runtime.validation import validate_model
 from ortserve.scheduler.inference import InferenceCore
 from ortserve.scheduler.pool import ModelPool
@@ -98,7 +98,15 @@ def build_server(config: ServerConfig, tracer_provider: Any = None) -> Component
         if config.optimized_model_cache
         else None
     )
-    defaults = SessionDefaults(config.providers, config.strict_providers, intra, custom_ops, load_cache)
+    check_providers(config.provider_specs, "server setting providers")
+    defaults = SessionDefaults(
+        config.provider_specs,
+        config.strict_providers,
+        intra,
+        custom_ops,
+        load_cache,
+        trt_cache_dir=str(Path(config.data_dir) / "trt-engines"),
+    )
     pool = ModelPool(
         executor,
         defaults,

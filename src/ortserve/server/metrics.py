@@ -13,7 +13,7 @@ from ortserve.errors import NotFound
 from ortserve.records import VersionState
 from ortserve.runtime.load_cache import RESULTS, Result
 from ortserve.scheduler.batch_queue import Flush
-from ortserve.server.loop_metrics import LoopCollector
+from ortserve.server.loop_metrics import Buckets, LoopCollector
 
 if TYPE_CHECKING:
     from ortserve.scheduler.pool import ModelPool, VersionSlot
@@ -53,7 +53,16 @@ class Metrics:
             "ortserve_queue_duration_seconds", "Time requests wait for a batch", _VERSION, _SECONDS
         )
         self.compute_seconds = loop.histogram(
-            "ortserve_compute_duration_seconds", "Batch compute time (stack, run, split)", _VERSION, _SECONDS
+            "ortserve_compute_duration_seconds",
+            "Batch compute time (stack, run, split), by the execution provider that ran it",
+            [*_VERSION, "provider"],
+            _SECONDS,
+        )
+        self.provider_fallback = loop.gauge(
+            "ortserve_provider_fallback",
+            "1 per loaded version whose session lost preferred providers: requested is the preference, "
+            "active what the session runs on",
+            [*_VERSION, "requested", "active"],
         )
         self.batch_rows = loop.histogram("ortserve_batch_size", "Rows per executed batch", _VERSION, _ROWS)
         self.inflight = loop.gauge("ortserve_inflight_requests", "Requests in the core", _VERSION)
@@ -104,7 +113,8 @@ class VersionMetrics:
         self._labels = (model, version)
         self._request = metrics.request_seconds.labels(model, version)
         self._queue = metrics.queue_seconds.labels(model, version)
-        self._compute = metrics.compute_seconds.labels(model, version)
+        # Bound to the session's provider when the version loads; batches only run after that.
+        self._compute = Buckets(_SECONDS)
         self._rows = metrics.batch_rows.labels(model, version)
         self._depth = metrics.queue_depth.labels(model, version)
         self._inflight = metrics.inflight.labels(model, version)
@@ -123,10 +133,28 @@ class VersionMetrics:
     def started(self) -> None:
         self._inflight.inc()
 
+    def loaded(self, requested: tuple[str, ...], active: tuple[str, ...], fallback: tuple[str, ...]) -> None:
+        """A session is ready: bind compute to its provider and publish a fallback, if any."""
+        m = self._metrics
+        self._compute = m.compute_seconds.labels(*self._labels, active[0])
+        m.provider_fallback.forget(*self._labels)
+        if fallback:
+            m.provider_fallback.labels(*self._labels, ",".join(requested), ",".join(active)).inc()
+
+    def unloaded(self) -> None:
+        self._metrics.provider_fallback.forget(*self._labels)
+
     def close(self) -> None:
         """The version left this server: remove its series, so label cardinality stays bounded."""
         m = self._metrics
-        loop_families = (m.request_seconds, m.queue_seconds, m.compute_seconds, m.batch_rows, m.inflight)
+        loop_families = (
+            m.request_seconds,
+            m.queue_seconds,
+            m.compute_seconds,
+            m.batch_rows,
+            m.inflight,
+            m.provider_fallback,
+        )
         for family in (*loop_families, m.errors):
             family.forget(*self._labels)
         m.queue_depth.remove(*self._labels)

@@ -124,7 +124,7 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
 
     def _version(self, record: ModelVersionRecord) -> mpb.ModelVersion:
         state, error, active = self._control.view(record)
-        return convert.version_to_pb(record, state, error, active)
+        return convert.version_to_pb(record, state, error, active, self._control.fallback(record))
 
     async def _model(self, record: ModelRecord) -> mpb.Model:
         aliases, policy = await asyncio.to_thread(self._rollout, record.name)
