@@ -11,9 +11,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from ortserve import dtypes
 from ortserve.errors import FailedPrecondition, InvalidInput
 from ortserve.runtime.validation import check_model_file
-from ortserve.signature import Signature
+from ortserve.signature import Signature, TensorSpec
 from ortserve.toolkit.derive import GENERATED_ROWS, Derived, derive_model
 from ortserve.toolkit.recipes import Fp16, Optimize, Quantize, Recipe
 from ortserve.toolkit.report import EvaluationReport
@@ -283,3 +284,45 @@ def test_simplify_without_onnxslim_a_source_failing_on_generated_samples_and_tim
             work_dir=tmp_path,
             limits=LIMITS,
         )
+
+
+def test_custom_operator_libraries_are_registered_in_the_child(tmp_path: Path) -> None:
+    extensions = pytest.importorskip("onnxruntime_extensions")
+    node = helper.make_node("StringUpper", ["x"], ["y"], domain="ai.onnx.contrib")
+    graph = helper.make_graph(
+        [node],
+        "upper",
+        [helper.make_tensor_value_info("x", TensorProto.STRING, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["N"])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.contrib", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    source = tmp_path / "upper.onnx"
+    source.write_bytes(model.SerializeToString())
+    libraries = (extensions.get_library_path(),)
+    text = dtypes.BY_NAME["BYTES"]
+    signature = Signature((TensorSpec("x", text, (-1,)),), (TensorSpec("y", text, (-1,)),), True)
+
+    def derive(recipe: Recipe, work: str, libraries: tuple[str, ...]) -> Derived:
+        (tmp_path / work).mkdir()
+        return derive_model(
+            source,
+            recipe,
+            signature=signature,
+            samples=None,
+            calibration=None,
+            work_dir=tmp_path / work,
+            limits=LIMITS,
+            custom_op_libraries=libraries,
+        )
+
+    with pytest.raises(
+        InvalidInput, match=r"^optimize basic: ONNX Runtime cannot optimize the model" + LOGGED
+    ):
+        derive(Optimize(level="basic"), "without", ())
+    with pytest.raises(InvalidInput, match=r"^quantize dynamic: the quantizer found nothing to quantize"):
+        derive(Quantize(mode="dynamic"), "quantize", libraries)
+    report = derive(Optimize(level="basic"), "with", libraries).report
+    assert (report.samples, report.sample_rows) == ("generated", GENERATED_ROWS)
+    assert [(o.name, o.max_abs_diff, o.argmax_agreement) for o in report.outputs] == [("y", 0.0, None)]
