@@ -74,10 +74,32 @@ peer-venvs:
 	bash scripts/peer_venvs.sh kserve
 	bash scripts/peer_venvs.sh mlserver
 
+# The GPU path on a machine with an NVIDIA GPU: its own venv with the gpu extra (onnxruntime-gpu; the
+# dev group pulls no CPU onnxruntime, checked: both install the module `onnxruntime` and CUDA is lost),
+# then the tests marked gpu (they skip, naming the reason, where CUDA is missing). bench/gpu.py: figures.
+GPU_VENV ?= .venv-gpu
+GPU_STAMP := $(GPU_VENV)/.installed
+
+$(GPU_STAMP): pyproject.toml
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q --upgrade "pip>=25.1"
+	$(GPU_VENV)/bin/python -m pip install -q -e ".[gpu]" --group dev
+	$(GPU_VENV)/bin/python -c 'import importlib.metadata as m, sys; \
+	    names = {d.metadata["Name"].lower() for d in m.distributions()}; \
+	    sys.exit("onnxruntime (CPU) is installed next to onnxruntime-gpu: CUDA would be lost") if "onnxruntime" in names else None'
+	touch $(GPU_STAMP)
+
+.PHONY: test-gpu bench-gpu
+test-gpu: $(GPU_STAMP)
+	$(GPU_VENV)/bin/pytest -m gpu tests/gpu
+
+bench-gpu: $(GPU_STAMP)
+	$(GPU_VENV)/bin/python bench/gpu.py
+
 # 10 minutes of mixed load against one server; fails when its memory, fds or tasks grow (not in `test`).
 soak: $(STAMP)
 	$(PY) bench/soak.py --minutes 10
 
 clean:
 	rm -rf $(VENV) .venv-triton clients/cpp/build clients/node/dist clients/node/node_modules
-	rm -rf .venv-kserve .venv-mlserver
+	rm -rf .venv-kserve .venv-mlserver $(GPU_VENV)
