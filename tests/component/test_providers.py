@@ -16,6 +16,7 @@ import pytest
 from grpc import aio
 from structlog.testing import capture_logs
 
+from ortserve import cli
 from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.api.v1 import model_pb2 as mpb
@@ -260,3 +261,35 @@ def test_a_server_default_with_an_unknown_option_does_not_start(tmp_path: Path) 
     assert "server setting providers: unknown option 'gpu_mem' for CUDAExecutionProvider" in str(
         refused.value
     )
+
+
+async def test_the_cli_registers_provider_specs_in_order_and_refuses_bad_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with serving(plain(tmp_path)) as running:
+        path = tmp_path / "m.onnx"
+        onnx_models.linear(path)
+        server = f"127.0.0.1:{running.server.port}"
+
+        async def run(*argv: str) -> tuple[int, str]:
+            capsys.readouterr()
+            with capture_logs():  # the in-process server logs to the same stdout
+                code = await asyncio.to_thread(cli.main, list(argv))
+            return code, capsys.readouterr().err
+
+        base = ("models", "register", str(path), "--name", "m", "--server", server)
+        with pytest.raises(SystemExit) as usage:  # argparse: a usage error, exit status 2
+            await run(*base, "--provider", "cuda:device_id=0,gpu_mem_limit")
+        assert usage.value.code == 2
+        assert "option 'gpu_mem_limit' is not key=value" in capsys.readouterr().err
+        code, err = await run(*base, "--provider", "cuda:gpu_mem=1")
+        assert code != 0 and "unknown option 'gpu_mem' for CUDAExecutionProvider" in err
+        cuda = "cuda:device_id=0,gpu_mem_limit=1073741824"
+        code, err = await run(*base, "--provider", cuda, "--provider", "cpu")
+        assert code == 0, err
+        shown = await running.version(1)
+        assert [(p.name, dict(p.options)) for p in shown.providers] == [
+            (CUDA, {"device_id": "0", "gpu_mem_limit": "1073741824"}),
+            (CPU, {}),
+        ]
+        assert list(shown.fallback_providers) == [CUDA]
