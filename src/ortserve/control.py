@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import structlog
 
 from ortserve.errors import FailedPrecondition, OrtserveError
@@ -30,6 +31,8 @@ from ortserve.records import (
 from ortserve.registry.notify import listen
 from ortserve.registry.service import Registry
 from ortserve.scheduler.pool import ModelPool, VersionSlot
+from ortserve.toolkit.profile import Profile
+from ortserve.toolkit.recipes import Gate, Recipe
 
 log = structlog.get_logger(__name__)
 
@@ -169,6 +172,40 @@ class ControlPlane:
             upload.abort()
             raise
         record = await asyncio.to_thread(self.registry.finish_upload, upload, manifest)
+        return await self._added(record, load=load)
+
+    async def derive(
+        self,
+        model: str,
+        version: int,
+        recipe: Recipe,
+        *,
+        gate: Gate | None,
+        calibration: Mapping[str, np.ndarray] | None,
+        description: str,
+        actor: str,
+        load: bool,
+    ) -> VersionSlot:
+        """Build, compare and register a derived version (see `Registry.derive`); optionally load it."""
+        record = await asyncio.to_thread(
+            self.registry.derive,
+            model,
+            version,
+            recipe,
+            gate=gate,
+            calibration=calibration,
+            description=description,
+            actor=actor,
+        )
+        return await self._added(record, load=load)
+
+    async def profile(self, model: str, version: int, batch_size: int, runs: int) -> Profile:
+        return await asyncio.to_thread(
+            self.registry.profile, model, version, batch_size=batch_size, runs=runs
+        )
+
+    async def _added(self, record: ModelVersionRecord, *, load: bool) -> VersionSlot:
+        """A version just stored: into the pool here, loaded and warmed up when asked."""
         await self.refresh()
         slot = self.pool.slot(record.model, record.version)
         if load:

@@ -11,8 +11,12 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+
 from ortserve.errors import InvalidInput
 from ortserve.signature import Signature
+from ortserve.toolkit.recipes import Recipe
+from ortserve.toolkit.report import EvaluationReport
 
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 EXECUTION_MODES = ("sequential", "parallel")
@@ -150,6 +154,13 @@ class ModelVersionRecord:
     created_by: str
     created_at: datetime
     path: str
+    # The version this one was derived from, how, and its comparison with it (None: uploaded).
+    derived_from: int | None = None
+    recipe: Recipe | None = None
+    report: EvaluationReport | None = None
+    # The sample inputs stored with the version: their .npz blob in the store ("" and 0: none).
+    samples_sha256: str = ""
+    sample_rows: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,6 +184,8 @@ class Manifest:
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     session: SessionSettings = field(default_factory=SessionSettings)
     created_by: str = ""
+    # Sample inputs, one array per model input with rows on axis 0; checked against the signature.
+    samples: Mapping[str, np.ndarray] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

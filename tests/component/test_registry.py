@@ -338,7 +338,7 @@ def test_migrations_twice_are_a_no_op_and_match_the_orm(engine: sa.Engine) -> No
 
     upgrade(engine)
     upgrade(engine)
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         count = conn.execute(sa.text("SELECT count(*) FROM registry_revision")).scalar_one()
@@ -351,7 +351,7 @@ def test_concurrent_first_upgrades(db_url: str) -> None:
     start_at = time.time() + 2.0
     with ProcessPoolExecutor(max_workers=3, mp_context=SPAWN) as pool:
         futures = [pool.submit(registry_workers.upgrade_at, db_url, start_at) for _ in range(3)]
-        assert [f.result(timeout=120) for f in futures] == ["0002"] * 3
+        assert [f.result(timeout=120) for f in futures] == ["0003"] * 3
 
 
 @pytest.mark.postgres

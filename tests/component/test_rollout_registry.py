@@ -30,7 +30,7 @@ from tests import registry_workers
 
 SPAWN = mp.get_context("spawn")
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0002"
+HEAD = "0003"
 ALIAS_RULE = "use 1 to 64 characters from a-z, 0-9, '.', '_' and '-', starting with a letter"
 
 
@@ -554,12 +554,14 @@ def test_head_migration_matches_the_orm(engine: sa.Engine) -> None:
 def test_upgrade_from_0001_keeps_existing_models(db_url: str, tmp_path: Path, linear_path: Path) -> None:
     engine = make_engine(db_url)
     try:
-        upgrade(engine, "0001")
-        assert current_revision(engine) == "0001"
+        # Rows as 0001 held them: written at head (the ORM has later columns), then migrated down.
+        upgrade(engine)
         old = _registry(engine, tmp_path / "store")
         before = [old.register_file(linear_path, "m", created_by="old") for _ in range(2)]
         old.set_state("m", 1, VersionState.FAILED, "x")
         revision = old.revision()
+        _downgrade(engine, "0001")
+        assert current_revision(engine) == "0001"
         upgrade(engine)
         assert current_revision(engine) == HEAD
         reg = _registry(engine, tmp_path / "store")
@@ -578,7 +580,7 @@ def test_upgrade_from_0001_keeps_existing_models(db_url: str, tmp_path: Path, li
         engine.dispose()
 
 
-def test_downgrade_to_0001_drops_the_rollout_tables(engine: sa.Engine) -> None:
+def _downgrade(engine: sa.Engine, revision: str) -> None:
     from alembic import command
 
     from ortserve.registry.db import alembic_config
@@ -586,7 +588,11 @@ def test_downgrade_to_0001_drops_the_rollout_tables(engine: sa.Engine) -> None:
     config = alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.downgrade(config, "0001")
+        command.downgrade(config, revision)
+
+
+def test_downgrade_to_0001_drops_the_rollout_tables(engine: sa.Engine) -> None:
+    _downgrade(engine, "0001")
     assert current_revision(engine) == "0001"
     tables = set(sa.inspect(engine).get_table_names())
     assert "aliases" not in tables and "traffic_policies" not in tables and "models" in tables

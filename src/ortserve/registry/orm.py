@@ -60,6 +60,13 @@ class ModelVersion(Base):
     labels: Mapped[JsonDict]
     created_by: Mapped[str] = mapped_column(sa.String(256), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Derived versions: the source's version number, the recipe and the evaluation report.
+    derived_from: Mapped[int | None]
+    recipe: Mapped[JsonDict | None]
+    report: Mapped[JsonDict | None]
+    # The .npz blob of the sample inputs stored with the version ("" and 0: none).
+    samples_sha256: Mapped[str] = mapped_column(sa.String(64), default="", server_default="")
+    sample_rows: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class RegistryRevision(Base):

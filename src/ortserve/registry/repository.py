@@ -22,6 +22,8 @@ from ortserve.records import (
 )
 from ortserve.registry.orm import AuditEvent, Model, ModelVersion, RegistryRevision, utcnow
 from ortserve.signature import Signature
+from ortserve.toolkit.recipes import recipe_from_json
+from ortserve.toolkit.report import EvaluationReport
 
 PathFor = Callable[[str], str]
 
@@ -171,6 +173,11 @@ def version_record(row: ModelVersion, model: str, path_for: PathFor) -> ModelVer
         created_by=row.created_by,
         created_at=as_utc(row.created_at),
         path=path_for(row.sha256),
+        derived_from=row.derived_from,
+        recipe=recipe_from_json(row.recipe) if row.recipe is not None else None,
+        report=EvaluationReport.from_json(row.report) if row.report is not None else None,
+        samples_sha256=row.samples_sha256,
+        sample_rows=row.sample_rows,
     )
 
 
@@ -210,4 +217,7 @@ def model(session: Session, name: str, path_for: PathFor) -> ModelRecord | None:
 
 
 def referenced_sha256(session: Session) -> set[str]:
-    return set(session.scalars(sa.select(ModelVersion.sha256).distinct()))
+    """The blobs versions name: their model files and their sample inputs."""
+    models = set(session.scalars(sa.select(ModelVersion.sha256).distinct()))
+    samples = sa.select(ModelVersion.samples_sha256).where(ModelVersion.samples_sha256 != "").distinct()
+    return models | set(session.scalars(samples))

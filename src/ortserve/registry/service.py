@@ -5,13 +5,19 @@ Synchronous on purpose: the gRPC layer calls these methods through `asyncio.to_t
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -47,13 +53,43 @@ from ortserve.registry.paging import DEFAULT_PAGE_SIZE, decode_token, encode_tok
 from ortserve.runtime.session import check_providers
 from ortserve.runtime.validation import ModelInfo, ValidationLimits, validate_model
 from ortserve.store import STALE_TEMP_S, BlobStore, BlobUpload, Garbage, hash_file
+from ortserve.toolkit import samples as sample_inputs
+from ortserve.toolkit.derive import derive_model
+from ortserve.toolkit.profile import Profile, profile_model
+from ortserve.toolkit.recipes import Fp16, Gate, Quantize, Recipe, describe, recipe_to_json
+from ortserve.toolkit.report import EvaluationReport, check_gate
+from ortserve.toolkit.sandbox import GiB, SandboxLimits
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 MAX_CHUNK_BYTES = 1 << 20
 STORED_STATES = (VersionState.REGISTERED, VersionState.FAILED, VersionState.RETIRED)
 
-Validator = Callable[[Path, ValidationLimits], ModelInfo]
+Samples = Mapping[str, np.ndarray]
+
+
+class Validator(Protocol):
+    def __call__(
+        self, path: Path, limits: ValidationLimits, /, *, samples: Samples | None = None
+    ) -> ModelInfo: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Derivation:
+    """Where a derived version comes from: its source version, the recipe and the report."""
+
+    source: int
+    recipe: Recipe
+    report: EvaluationReport
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Extras:
+    """What a version stores beyond its manifest: its samples blob and, when derived, its origin."""
+
+    samples_sha256: str = ""
+    sample_rows: int = 0
+    derivation: Derivation | None = None
 
 
 def check_name(name: str) -> None:
@@ -73,6 +109,8 @@ class Registry:
         max_model_bytes: int,
         validate: Validator = validate_model,
         validation_limits: ValidationLimits | None = None,
+        job_timeout_s: float = 600.0,
+        custom_op_libraries: tuple[str, ...] = (),
     ):
         self.engine = engine
         self.store = store
@@ -86,6 +124,9 @@ class Registry:
         )
         self._validate = validate
         self._limits = validation_limits or ValidationLimits(max_model_bytes=max_model_bytes)
+        # Derivation and profiling jobs run in limited children like validation, for longer.
+        self._job_timeout_s = job_timeout_s
+        self._custom_op_libraries = custom_op_libraries
 
     # -- registration -------------------------------------------------------------------------
 
@@ -105,17 +146,52 @@ class Registry:
         transaction: the store never shows bytes whose digest differs, and the registry never
         names a blob the store has not committed. With `reuse_identical`, a version of the model
         with the same bytes (retired ones included) is returned instead of adding one; the check
-        runs under the model's lock, so replicas registering one file at once add one version."""
+        runs under the model's lock, so replicas registering one file at once add one version.
+
+        The manifest's samples are checked against the model's signature, run in validation and
+        stored as an .npz blob (committed before the row that names it)."""
+        return self._finish(upload, manifest, reuse_identical=reuse_identical, derivation=None)
+
+    def _finish(
+        self, upload: BlobUpload, manifest: Manifest, *, reuse_identical: bool, derivation: Derivation | None
+    ) -> ModelVersionRecord:
         try:
             self._check_manifest(manifest)
             self._check_received(upload, manifest)
             upload.seal()
-            info = self._validate(upload.path, self._limits)
+            info, rows = self._validated(upload.path, manifest.samples)
             upload.commit()
         except BaseException:
             upload.abort()
             raise
-        return self._record_version(manifest, info, reuse_identical)
+        stored = self._store_samples(manifest.samples) if manifest.samples else ""
+        extras = Extras(samples_sha256=stored, sample_rows=rows, derivation=derivation)
+        return self._record_version(manifest, info, reuse_identical, extras)
+
+    def _validated(self, path: Path, samples: Samples | None) -> tuple[ModelInfo, int]:
+        """The model's info and the rows of its samples, checked against its signature."""
+        if not samples:
+            return self._validate(path, self._limits), 0
+        info = self._validate(path, self._limits, samples=samples)
+        return info, sample_inputs.check_samples(info.signature, samples, "sample inputs")
+
+    def _store_samples(self, samples: Samples) -> str:
+        """Commit the samples' .npz bytes to the store (rewritten even when present, so that a
+        garbage collection running now keeps it for its grace period); their sha256."""
+        data = sample_inputs.to_npz(samples)
+        sha256 = hashlib.sha256(data).hexdigest()
+        upload = self.store.open_upload(
+            expected_size=len(data), expected_sha256=sha256, max_chunk_bytes=MAX_CHUNK_BYTES
+        )
+        try:
+            for start in range(0, len(data), MAX_CHUNK_BYTES):
+                upload.write(data[start : start + MAX_CHUNK_BYTES])
+            upload.seal()
+            upload.commit()
+        except BaseException:
+            upload.abort()
+            raise
+        return sha256
 
     def register_file(
         self,
@@ -129,9 +205,10 @@ class Registry:
         session: SessionSettings | None = None,
         created_by: str = "",
         reuse_identical: bool = False,
+        samples: Samples | None = None,
     ) -> ModelVersionRecord:
         """Register the model file at `path` as the next version of `name` (see `finish_upload`
-        for `reuse_identical`)."""
+        for `reuse_identical` and `samples`)."""
         size, sha256 = hash_file(path)
         manifest = Manifest(
             name=name,
@@ -143,7 +220,13 @@ class Registry:
             batching=batching or BatchingSettings(),
             session=session or SessionSettings(),
             created_by=created_by,
+            samples=samples,
         )
+        return self._register_path(path, manifest, reuse_identical=reuse_identical, derivation=None)
+
+    def _register_path(
+        self, path: Path, manifest: Manifest, *, reuse_identical: bool, derivation: Derivation | None
+    ) -> ModelVersionRecord:
         upload = self.begin_upload(manifest)
         try:
             with path.open("rb") as file:
@@ -152,7 +235,7 @@ class Registry:
         except BaseException:
             upload.abort()
             raise
-        return self.finish_upload(upload, manifest, reuse_identical=reuse_identical)
+        return self._finish(upload, manifest, reuse_identical=reuse_identical, derivation=derivation)
 
     def _check_manifest(self, manifest: Manifest) -> None:
         check_name(manifest.name)
@@ -179,7 +262,7 @@ class Registry:
             )
 
     def _record_version(
-        self, manifest: Manifest, info: ModelInfo, reuse_identical: bool
+        self, manifest: Manifest, info: ModelInfo, reuse_identical: bool, extras: Extras
     ) -> ModelVersionRecord:
         with self._session(write=True) as session:
             model_id = repo.ensure_model(session, manifest.name, manifest.description)
@@ -189,13 +272,13 @@ class Registry:
                 if same is not None:
                     return repo.version_record(same, manifest.name, self._path_for)
             number = repo.allocate_version(session, model_id)
-            row = repo.insert_version(session, _version_row(model_id, number, manifest, info))
+            row = repo.insert_version(session, _version_row(model_id, number, manifest, info, extras))
             record = repo.version_record(row, manifest.name, self._path_for)
             after = _audit_view(record)
             repo.add_audit(
                 session,
                 actor=manifest.created_by,
-                action="register",
+                action="register" if extras.derivation is None else "derive",
                 model=manifest.name,
                 version=number,
                 before=None,
@@ -203,6 +286,90 @@ class Registry:
             )
             repo.bump_revision(session)
         return record
+
+    # -- derived versions and profiles ---------------------------------------------------------
+
+    def derive(
+        self,
+        model: str,
+        version: int,
+        recipe: Recipe,
+        *,
+        gate: Gate | None = None,
+        calibration: Samples | None = None,
+        description: str = "",
+        actor: str = "",
+    ) -> ModelVersionRecord:
+        """Build a new version of `model` from `version` with `recipe` in a limited subprocess,
+        compare it with its source on the source's samples (or generated ones), refuse it when it
+        misses `gate`, and register it like an upload. Nothing is stored when any step fails."""
+        source = self.get_version(model, version)
+        if source.state is VersionState.RETIRED:
+            raise FailedPrecondition(
+                f"version {version} of model {model!r} is retired; derive from a live one"
+            )
+        gate = gate if gate is not None and gate.is_set else None
+        work = Path(tempfile.mkdtemp(prefix="ortserve-derive-"))
+        try:
+            source_path = work / "source.onnx"
+            shutil.copyfile(self.store.local_path(source.sha256), source_path)
+            samples = self._stored_samples(source)
+            recipe = _recorded(recipe, source, calibration)
+            derived = derive_model(
+                source_path,
+                recipe,
+                signature=source.signature,
+                samples=samples,
+                calibration=calibration,
+                work_dir=work,
+                limits=self._job_limits(source),
+                custom_op_libraries=self._custom_op_libraries,
+            )
+            if gate is not None:
+                check_gate(derived.report, gate)
+            manifest = _derived_manifest(
+                derived.path, source, recipe, samples, description=description, actor=actor
+            )
+            origin = Derivation(source=version, recipe=recipe, report=derived.report.with_gate(gate))
+            try:
+                return self._register_path(derived.path, manifest, reuse_identical=False, derivation=origin)
+            except InvalidInput as exc:
+                raise InvalidInput(
+                    f"{describe(recipe)} of version {version}: the derived model is refused: {exc}"
+                ) from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def profile(self, model: str, version: int, *, batch_size: int = 1, runs: int = 10) -> Profile:
+        """ONNX Runtime's profile of `runs` runs of `batch_size` rows (the version's samples, else
+        generated inputs) in a limited subprocess; InvalidInput for a batch over 1024 rows (or over
+        1 without a batch axis) or runs outside 1..1000."""
+        record = self.get_version(model, version)
+        work = Path(tempfile.mkdtemp(prefix="ortserve-profile-"))
+        try:
+            return profile_model(
+                self.store.local_path(record.sha256),
+                signature=record.signature,
+                samples=self._stored_samples(record),
+                batch=batch_size,
+                runs=runs,
+                work_dir=work,
+                limits=self._job_limits(record),
+                custom_op_libraries=self._custom_op_libraries,
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _stored_samples(self, record: ModelVersionRecord) -> dict[str, np.ndarray] | None:
+        if not record.samples_sha256:
+            return None
+        path = self.store.local_path(record.samples_sha256)
+        return sample_inputs.from_npz(path, f"the stored samples of version {record.version}")
+
+    def _job_limits(self, record: ModelVersionRecord) -> SandboxLimits:
+        """Room for the model's source and derived copies beside ONNX Runtime's own needs."""
+        memory = self._limits.memory_bytes or 4 * GiB + 3 * record.size_bytes
+        return SandboxLimits(memory_bytes=memory, timeout_s=self._job_timeout_s)
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -490,7 +657,8 @@ class Registry:
             return repo.audit_events(session, model, limit)
 
     def referenced_blobs(self) -> set[str]:
-        """The sha256 of every version's bytes, retired ones included: the blobs the store must keep."""
+        """The sha256 of every version's bytes and samples, retired ones included: the blobs the
+        store must keep."""
         with self._session() as session:
             return repo.referenced_sha256(session)
 
@@ -526,7 +694,52 @@ class Registry:
             raise Unavailable(logged("the registry database is unavailable; retry later", exc)) from exc
 
 
-def _version_row(model_id: int, number: int, manifest: Manifest, info: ModelInfo) -> ModelVersion:
+def _recorded(recipe: Recipe, source: ModelVersionRecord, calibration: Samples | None) -> Recipe:
+    """The recipe with the fields the server sets: the sha256 of the .npz bytes and the rows of the
+    inputs static quantization calibrates on (those given, else the source's samples)."""
+    if not isinstance(recipe, Quantize):
+        return recipe
+    if recipe.mode != "static":
+        return dataclasses.replace(recipe, calibration_sha256="", calibration_rows=0)
+    if calibration is None:
+        sha256, rows = source.samples_sha256, source.sample_rows
+    else:
+        rows = sample_inputs.check_samples(source.signature, calibration, "calibration inputs")
+        sha256 = hashlib.sha256(sample_inputs.to_npz(calibration)).hexdigest()
+    return dataclasses.replace(recipe, calibration_sha256=sha256, calibration_rows=rows)
+
+
+def _derived_manifest(
+    path: Path,
+    source: ModelVersionRecord,
+    recipe: Recipe,
+    samples: Samples | None,
+    *,
+    description: str,
+    actor: str,
+) -> Manifest:
+    """The derived file as the next version of the source's model, with the source's settings and
+    samples (not when fp16 inputs replace float32 ones: the samples no longer fit)."""
+    size, sha256 = hash_file(path)
+    changes_inputs = isinstance(recipe, Fp16) and recipe.fp16_io
+    return Manifest(
+        name=source.model,
+        size_bytes=size,
+        sha256=sha256,
+        description=description or f"{describe(recipe)} of version {source.version}",
+        labels=source.labels,
+        providers=source.providers,
+        batching=source.batching,
+        session=source.session,
+        created_by=actor,
+        samples=None if changes_inputs else samples,
+    )
+
+
+def _version_row(
+    model_id: int, number: int, manifest: Manifest, info: ModelInfo, extras: Extras
+) -> ModelVersion:
+    origin = extras.derivation
     return ModelVersion(
         model_id=model_id,
         version=number,
@@ -544,6 +757,11 @@ def _version_row(model_id: int, number: int, manifest: Manifest, info: ModelInfo
         labels=dict(manifest.labels),
         created_by=manifest.created_by,
         created_at=utcnow(),
+        derived_from=origin.source if origin else None,
+        recipe=recipe_to_json(origin.recipe) if origin else None,
+        report=origin.report.to_json() if origin else None,
+        samples_sha256=extras.samples_sha256,
+        sample_rows=extras.sample_rows,
     )
 
 
@@ -555,4 +773,12 @@ def _audit_view(record: ModelVersionRecord) -> dict[str, Any]:
         "state": record.state.value,
         "description": record.description,
         "labels": dict(record.labels),
+        "sample_rows": record.sample_rows,
+        **_origin_view(record),
     }
+
+
+def _origin_view(record: ModelVersionRecord) -> dict[str, Any]:
+    if record.recipe is None:
+        return {}
+    return {"derived_from": record.derived_from, "recipe": recipe_to_json(record.recipe)}

@@ -33,6 +33,7 @@ from ortserve.scheduler.events import ModelEvent
 from ortserve.scheduler.shadow import ShadowStats
 from ortserve.scheduler.shm import RegionLookup
 from ortserve.signature import Signature, TensorSpec
+from ortserve.toolkit.messages import recipe_to_pb, report_to_pb
 
 _ENUM_BY_DTYPE = {
     d: tpb.DataType.Value("DATA_TYPE_" + ("STRING" if d is dtypes.BYTES else d.name)) for d in dtypes.ALL
@@ -67,6 +68,22 @@ def _shared_array(
         ref.byte_size,
         what,
     )
+
+
+def samples_from_pb(messages: Sequence[tpb.Tensor], what: str) -> dict[str, np.ndarray] | None:
+    """Sample or calibration inputs by name (`what`: "sample input"); None when there are none."""
+    out: dict[str, np.ndarray] = {}
+    for tensor in messages:
+        name = f"{what} {tensor.name!r}"
+        if tensor.name in out:
+            raise InvalidInput(f"{name} is given twice")
+        dtype = _DTYPE_BY_ENUM.get(tensor.data_type)
+        if dtype is None:
+            raise InvalidInput(f"{name}: data_type {tensor.data_type} is not a supported DataType")
+        if tensor.HasField("shared_memory"):
+            raise InvalidInput(f"{name}: send the data in raw_data (shared memory is for Predict)")
+        out[tensor.name] = tensors.decode(tensor.raw_data, dtype, tensor.shape, name, text=True)
+    return out or None
 
 
 def predict_call(
@@ -154,6 +171,10 @@ def version_to_pb(
         create_time=_timestamp(record.created_at),
         active_providers=active,
         fallback_providers=fallback,
+        derived_from=record.derived_from or 0,
+        recipe=recipe_to_pb(record.recipe) if record.recipe is not None else None,
+        report=report_to_pb(record.report) if record.report is not None else None,
+        sample_rows=record.sample_rows,
     )
 
 
@@ -300,4 +321,5 @@ def manifest_from_pb(m: rpb.RegisterManifest, created_by: str) -> Manifest:
         batching=batching,
         session=session,
         created_by=created_by,
+        samples=samples_from_pb(m.samples, "sample input"),
     )

@@ -89,7 +89,13 @@ def build_server(config: ServerConfig, tracer_provider: Any = None) -> Component
     engine = open_registry(config.db_url)
     store = open_store(config)
     validate = functools.partial(validate_model, custom_ops=custom_ops)
-    registry = Registry(engine, store, max_model_bytes=config.max_model_bytes, validate=validate)
+    registry = Registry(
+        engine,
+        store,
+        max_model_bytes=config.max_model_bytes,
+        validate=validate,
+        custom_op_libraries=custom_ops.libraries,
+    )
     executor_threads, intra = _threads(config)
     executor = ThreadPoolExecutor(executor_threads, thread_name_prefix="ort")
     metrics = Metrics()

@@ -21,6 +21,7 @@ from ortserve.scheduler.inference import InferenceCore
 from ortserve.server import convert
 from ortserve.server.auth import CALLER
 from ortserve.server.rpc import Context
+from ortserve.toolkit import messages
 
 MAX_AUDIT_EVENTS = 1000
 
@@ -42,6 +43,34 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
         manifest = convert.manifest_from_pb(first.manifest, created_by=_actor(context))
         slot = await self._control.register(manifest, _chunks(request_iterator), load=first.manifest.load)
         return rpb.RegisterModelResponse(version=self._version(slot.record))
+
+    async def DeriveModelVersion(
+        self, request: rpb.DeriveModelVersionRequest, context: Context
+    ) -> rpb.DeriveModelVersionResponse:
+        _check_target(request.model, request.version)
+        recipe = messages.recipe_from_pb(request.recipe)
+        if recipe is None:
+            raise InvalidInput("recipe must set one of optimize, quantize or fp16")
+        slot = await self._control.derive(
+            request.model,
+            request.version,
+            recipe,
+            gate=messages.gate_from_pb(request.gate) if request.HasField("gate") else None,
+            calibration=convert.samples_from_pb(request.calibration, "calibration input"),
+            description=request.description,
+            actor=_actor(context),
+            load=request.load,
+        )
+        return rpb.DeriveModelVersionResponse(version=self._version(slot.record))
+
+    async def ProfileModelVersion(
+        self, request: rpb.ProfileModelVersionRequest, context: Context
+    ) -> rpb.ProfileModelVersionResponse:
+        _check_target(request.model, request.version)
+        profile = await self._control.profile(
+            request.model, request.version, request.batch_size or 1, request.runs or 10
+        )
+        return messages.profile_to_pb(profile)
 
     async def GetModel(self, request: rpb.GetModelRequest, context: Context) -> rpb.GetModelResponse:
         record = await asyncio.to_thread(self._registry.get_model, request.name)
@@ -138,6 +167,13 @@ class RegistryServicer(rpb_grpc.RegistryServiceServicer):
 def _actor(context: Context) -> str:
     """Who made a change, for the audit log: the token's name, else the caller's peer address."""
     return CALLER.get() or str(context.peer())
+
+
+def _check_target(model: str, version: int) -> None:
+    if not model:
+        raise InvalidInput("model must name a registered model")
+    if version < 1:
+        raise InvalidInput(f"version must be a version number >= 1, got {version}")
 
 
 async def _chunks(requests: AsyncIterator[rpb.RegisterModelRequest]) -> AsyncIterator[bytes]:
