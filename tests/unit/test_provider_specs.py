@@ -139,6 +139,16 @@ def test_an_unknown_option_key_is_named_with_its_provider(provider: str, key: st
         assert "documented options: none" in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("provider", "key"),
+    [(CUDA, "user_compute_stream"), (CUDA, "gpu_external_alloc"), (TRT, "trt_onnx_bytestream")],
+)
+def test_options_that_pass_a_memory_address_are_refused(provider: str, key: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        check_specs([spec(provider, **{key: "140737488355328"})], KNOWN, "model 'm' providers")
+    assert f"option {key!r} for {provider} passes a memory address" in str(refused.value)
+
+
 def test_tensorrt_caches_without_a_path_go_to_the_given_directory(tmp_path: Path) -> None:
     both = spec(TRT, trt_engine_cache_enable="1", trt_timing_cache_enable="True")
     placed = with_cache_paths(both, tmp_path)

@@ -20,6 +20,8 @@ DEVICE_PROVIDERS = frozenset({CUDA, TENSORRT})
 # TensorRT: "Configuration Options" of onnxruntime.ai/docs/execution-providers; their option
 # parsers, cuda_execution_provider_info.cc and tensorrt_execution_provider_info.cc). The CPU
 # provider takes none from Python: its arena is the session's enable_cpu_mem_arena setting.
+# Options that pass a memory address (a stream, an allocator, model bytes) are left out on purpose:
+# an address from a registration or a config file would make the server read arbitrary memory.
 # Other providers' options pass through unchecked.
 KNOWN_OPTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
@@ -27,8 +29,6 @@ KNOWN_OPTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
         CUDA: frozenset(
             {
                 "device_id",
-                "has_user_compute_stream",
-                "user_compute_stream",
                 "do_copy_in_default_stream",
                 "use_ep_level_unified_stream",
                 "gpu_mem_limit",
@@ -38,9 +38,6 @@ KNOWN_OPTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
                 "cudnn_conv1d_pad_to_nc1d",
                 "enable_cuda_graph",
                 "enable_skip_layer_norm_strict_mode",
-                "gpu_external_alloc",
-                "gpu_external_free",
-                "gpu_external_empty_cache",
                 "prefer_nhwc",
                 "use_tf32",
                 "sdpa_kernel",
@@ -53,8 +50,6 @@ KNOWN_OPTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
         TENSORRT: frozenset(
             {
                 "device_id",
-                "has_user_compute_stream",
-                "user_compute_stream",
                 "trt_max_workspace_size",
                 "trt_max_partition_iterations",
                 "trt_min_subgraph_size",
@@ -102,6 +97,19 @@ KNOWN_OPTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
 )
 
 
+ADDRESS_OPTIONS = frozenset(
+    {
+        "has_user_compute_stream",
+        "user_compute_stream",
+        "gpu_external_alloc",
+        "gpu_external_free",
+        "gpu_external_empty_cache",
+        "trt_onnx_bytestream",
+        "trt_external_data_bytestream",
+    }
+)
+
+
 def check_specs(specs: Sequence[ProviderSpec], known: Collection[str], what: str) -> None:
     """Refuse a provider ONNX Runtime does not know (not in `known`, its get_all_providers()) and an
     option key the provider does not document, naming them and `what` was being set."""
@@ -109,6 +117,12 @@ def check_specs(specs: Sequence[ProviderSpec], known: Collection[str], what: str
         if spec.name not in known:
             raise InvalidInput(
                 f"{what}: unknown execution provider {spec.name!r}; known: {', '.join(sorted(known))}"
+            )
+        pointers = sorted(set(spec.options) & ADDRESS_OPTIONS)
+        if pointers:
+            raise InvalidInput(
+                f"{what}: option {pointers[0]!r} for {spec.name} passes a memory address; "
+                "ortserve does not set it"
             )
         keys = KNOWN_OPTIONS.get(spec.name)
         unknown = sorted(set(spec.options) - keys) if keys is not None else []
