@@ -41,7 +41,10 @@ def test_bound_runs_match_plain_runs_and_are_counted(linear: ort.InferenceSessio
     # A non-contiguous input (a column slice) is bound from a contiguous copy.
     wide = np.random.default_rng(1).standard_normal((5, 32)).astype(np.float32)
     np.testing.assert_array_equal(bound.run({"x": wide[:, ::2]})[0], plain.run({"x": wide[:, ::2]})[0])
-    assert bound.bound_runs == 3
+    # A read-only input (zero-copy np.frombuffer over a request's bytes) is bound as it is.
+    frozen = np.frombuffer(x.tobytes(), np.float32).reshape(x.shape)
+    np.testing.assert_array_equal(bound.run({"x": frozen})[0], expected[0])
+    assert bound.bound_runs == 4
 
 
 def test_bound_runs_from_many_threads_are_all_counted(linear: ort.InferenceSession) -> None:
