@@ -9,6 +9,7 @@ from types import MappingProxyType
 import onnxruntime as ort
 import pytest
 
+from ortserve import cli
 from ortserve.config import load_config
 from ortserve.errors import InvalidInput
 from ortserve.provider_specs import format_spec, parse_spec, parse_spec_list, to_spec, to_specs
@@ -101,6 +102,12 @@ def test_the_server_setting_reads_toml_lists_environment_and_flags(tmp_path: Pat
     assert from_env.provider_specs == (spec(TRT, trt_fp16_enable="1"), spec(CUDA), spec(CPU))
     from_flag = load_config(environ={}, overrides={"providers": "cuda:device_id=1;cpu"})
     assert from_flag.provider_specs == (spec(CUDA, device_id="1"), spec(CPU))
+
+
+def test_serve_providers_flag_overrides_the_environment() -> None:
+    args = cli._parser().parse_args(["serve", "--providers", "cuda:device_id=1;cpu"])
+    config = load_config(environ={"ORTSERVE_PROVIDERS": "cpu"}, overrides=cli._overrides(args))
+    assert config.provider_specs == (spec(CUDA, device_id="1"), spec(CPU))
 
 
 def test_a_malformed_server_setting_names_where_it_came_from() -> None:
