@@ -52,7 +52,17 @@ async def predict(running: Running, version: str) -> np.ndarray:
 
 async def test_register_with_samples_derive_gate_serve_and_refuse(running: Running) -> None:
     data = running.models["linear"].read_bytes()
+    for samples, message in [
+        ([tensor(SAMPLES[:, :8])], "sample inputs: input 'x': shape [6, 8] does not match"),
+        ([tensor(SAMPLES), tensor(SAMPLES)], "sample input 'x' is given twice"),
+    ]:
+        await expect_error(
+            running.registry.RegisterModel(iter(upload(data, "scored", samples))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            message,
+        )
     registered = await running.registry.RegisterModel(iter(upload(data, "scored", [tensor(SAMPLES)])))
+    assert registered.version.version == 1
     assert registered.version.sample_rows == ROWS and registered.version.derived_from == 0
     assert not registered.version.HasField("recipe") and not registered.version.HasField("report")
 
@@ -132,4 +142,11 @@ async def test_profile_returns_operators_and_a_chrome_trace(running: Running) ->
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "runs is 1001",
+    )
+    await expect_error(
+        running.registry.ProfileModelVersion(
+            rpb.ProfileModelVersionRequest(model="linear", version=1, batch_size=1025)
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "batch is 1025",
     )
