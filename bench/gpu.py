@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE))
 import models  # noqa: E402
 
 from ortserve.records import ProviderSpec, SessionSettings  # noqa: E402
-from ortserve.runtime.session import OrtSession, SessionDefaults, session_options  # noqa: E402
+from ortserve.runtime.session import OrtSession, SessionDefaults, open_session, session_options  # noqa: E402
 from ortserve.toolkit import transforms  # noqa: E402
 from ortserve.toolkit.recipes import Fp16  # noqa: E402
 
@@ -56,7 +56,7 @@ def session(variant: Variant) -> OrtSession:
     defaults = SessionDefaults(providers=tuple(ProviderSpec(p) for p in variant.providers))
     opts = session_options(SessionSettings(), defaults)
     created = ort.InferenceSession(str(variant.path), opts, providers=list(variant.providers))
-    made = OrtSession(created, ())
+    made = open_session(created)
     if made.provider != variant.providers[0]:
         raise SystemExit(f"{variant.label}: the session runs on {made.providers}, not {variant.providers[0]}")
     return made

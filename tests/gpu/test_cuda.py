@@ -131,12 +131,14 @@ def cpu_reference(path: Path, x: np.ndarray, input_name: str = "x") -> np.ndarra
 
 
 def assert_close_to_cpu(got: np.ndarray, expected: np.ndarray) -> None:
-    """cuDNN and cuBLAS pick other algorithms than MLAS (and may use TF32): agreement within 1% of the
-    outputs' scale, and the same argmax per row."""
-    scale = max(1.0, float(np.abs(expected).max()))
-    np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2 * scale)
-    if got.ndim == 2 and got.shape[1] > 1:
-        assert (got.argmax(axis=1) == expected.argmax(axis=1)).mean() >= 0.95
+    """cuDNN and cuBLAS pick other algorithms than MLAS and use TF32 by default (use_tf32): agreement
+    within 1% of the outputs' scale, and the same argmax on every row whose top two outputs are
+    further apart than that."""
+    tolerance = 1e-2 * max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(got, expected, rtol=1e-2, atol=tolerance)
+    top2 = np.sort(expected, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * tolerance
+    assert (got.argmax(axis=1) == expected.argmax(axis=1))[clear].all()
 
 
 async def test_strict_cuda_version_runs_on_the_gpu_through_io_binding(tmp_path: Path) -> None:
@@ -154,8 +156,7 @@ async def test_strict_cuda_version_runs_on_the_gpu_through_io_binding(tmp_path: 
         for _ in range(3):
             response = await running.predict("gpu", x)
             assert response.model_version == version and response.timing.provider == CUDA
-            got = from_tensor(next(t for t in response.outputs if t.name == "y"))
-            np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
+            assert_close_to_cpu(from_tensor(next(t for t in response.outputs if t.name == "y")), expected)
         assert running.session("gpu", version).bound_runs >= before + 3
         compute = running.server.parts.metrics.registry.get_sample_value(
             "ortserve_compute_duration_seconds_count",

@@ -1,4 +1,4 @@
-"""OrtSession's IO-binding run (what CUDA and TensorRT sessions use), exercised on CPU: the same
+"""BoundOrtSession's IO-binding run (what CUDA and TensorRT sessions use), exercised on CPU: the same
 results as InferenceSession.run, wanted outputs only, counted; and a CPU session keeps the plain run."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from ortserve.runtime.session import OrtSession
+from ortserve.runtime.session import BoundOrtSession, OrtSession, open_session
 from tests import onnx_models
 
 CPU = ["CPUExecutionProvider"]
@@ -24,14 +24,14 @@ def linear(tmp_path: Path) -> ort.InferenceSession:
 
 
 def test_a_cpu_session_runs_without_io_binding(linear: ort.InferenceSession) -> None:
-    session = OrtSession(linear, ())
-    assert "run" not in vars(session)  # the class's run: InferenceSession.run, nothing added
+    session = open_session(linear)
+    assert type(session) is OrtSession  # InferenceSession.run, nothing added
     session.run({"x": np.ones((2, 16), np.float32)})
     assert session.bound_runs == 0
 
 
 def test_bound_runs_match_plain_runs_and_are_counted(linear: ort.InferenceSession) -> None:
-    plain, bound = OrtSession(linear, ()), OrtSession(linear, (), io_binding=True)
+    plain, bound = OrtSession(linear, ()), BoundOrtSession(linear, ())
     x = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
     expected = plain.run({"x": x})
     got = bound.run({"x": x})
@@ -48,7 +48,7 @@ def test_bound_runs_match_plain_runs_and_are_counted(linear: ort.InferenceSessio
 
 
 def test_bound_runs_from_many_threads_are_all_counted(linear: ort.InferenceSession) -> None:
-    bound = OrtSession(linear, (), io_binding=True)
+    bound = BoundOrtSession(linear, ())
     x = np.ones((1, 16), np.float32)
     expected = OrtSession(linear, ()).run({"x": x})[0]
     failures: list[BaseException] = []

@@ -62,21 +62,11 @@ class SessionDefaults:
 
 
 class OrtSession:
-    """A loaded InferenceSession. `run` is thread-safe and releases the GIL.
-
-    On CUDA or TensorRT, `run` uses IO binding (inputs bound from host memory, outputs bound to host
-    memory), chosen here once (`io_binding` None: by the first provider; a model with string tensors
-    never); on CPU it is InferenceSession.run as is. `bound_runs` counts the runs that went through
-    IO binding.
-    """
+    """A loaded InferenceSession. `run` is thread-safe and releases the GIL; here it is
+    InferenceSession.run as is (`open_session` picks BoundOrtSession for CUDA and TensorRT)."""
 
     def __init__(
-        self,
-        session: ort.InferenceSession,
-        fallback: tuple[str, ...],
-        requested: tuple[str, ...] = (),
-        *,
-        io_binding: bool | None = None,
+        self, session: ort.InferenceSession, fallback: tuple[str, ...], requested: tuple[str, ...] = ()
     ) -> None:
         self._session = session
         self.providers: tuple[str, ...] = tuple(session.get_providers())
@@ -84,11 +74,8 @@ class OrtSession:
         self.fallback = fallback
         # The provider preference the session was asked for (before resolution and fallback).
         self.requested = requested or self.providers
+        # Runs through IO binding (BoundOrtSession); 0 here.
         self.bound_runs = 0
-        self._outputs = [o.name for o in session.get_outputs()]
-        self._count_lock = threading.Lock()
-        if _binds(session, self.provider) if io_binding is None else io_binding:
-            self.run = self._run_bound  # type: ignore[method-assign]
 
     def run(
         self,
@@ -101,7 +88,19 @@ class OrtSession:
         )
         return results
 
-    def _run_bound(
+
+class BoundOrtSession(OrtSession):
+    """A session on a device (CUDA, TensorRT) whose runs use IO binding: inputs bound from host
+    memory, outputs bound to host memory, so ONNX Runtime copies each once; counted in `bound_runs`."""
+
+    def __init__(
+        self, session: ort.InferenceSession, fallback: tuple[str, ...], requested: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(session, fallback, requested)
+        self._outputs = [o.name for o in session.get_outputs()]
+        self._count_lock = threading.Lock()
+
+    def run(
         self,
         feeds: Mapping[str, np.ndarray],
         outputs: Sequence[str] | None = None,
@@ -119,10 +118,15 @@ class OrtSession:
         return results
 
 
-def _binds(session: ort.InferenceSession, provider: str) -> bool:
-    """IO binding pays on a device provider; string tensors stay on ONNX Runtime's plain run."""
+def open_session(
+    session: ort.InferenceSession, fallback: tuple[str, ...] = (), requested: tuple[str, ...] = ()
+) -> OrtSession:
+    """BoundOrtSession when the session runs on a device provider and has no string tensors (they
+    stay in host memory), else OrtSession: decided once, nothing added to a run."""
     args = [*session.get_inputs(), *session.get_outputs()]
-    return provider in DEVICE_PROVIDERS and all(a.type != "tensor(string)" for a in args)
+    device = session.get_providers()[0] in DEVICE_PROVIDERS
+    bound = device and all(a.type != "tensor(string)" for a in args)
+    return (BoundOrtSession if bound else OrtSession)(session, fallback, requested)
 
 
 def session_options(
@@ -190,7 +194,7 @@ def create_session(record: ModelVersionRecord, defaults: SessionDefaults, path: 
     )
     if fallback:
         log.warning("provider_fallback", model=record.model, version=record.version, missing=list(fallback))
-    return OrtSession(session, fallback, tuple(p.name for p in preferred))
+    return open_session(session, fallback, tuple(p.name for p in preferred))
 
 
 def _with_trt_caches(plan: ProviderPlan, directory: Path) -> ProviderPlan:
@@ -201,4 +205,12 @@ def _with_trt_caches(plan: ProviderPlan, directory: Path) -> ProviderPlan:
     return ProviderPlan(specs, plan.unavailable)
 
 
-__all__ = ["OrtSession", "SessionDefaults", "check_providers", "create_session", "is_ort_error"]
+__all__ = [
+    "BoundOrtSession",
+    "OrtSession",
+    "SessionDefaults",
+    "check_providers",
+    "create_session",
+    "is_ort_error",
+    "open_session",
+]
