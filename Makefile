@@ -83,7 +83,7 @@ GPU_STAMP := $(GPU_VENV)/.installed
 $(GPU_STAMP): pyproject.toml
 	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
 	$(GPU_VENV)/bin/python -m pip install -q --upgrade "pip>=25.1"
-	$(GPU_VENV)/bin/python -m pip install -q -e ".[gpu]" --group dev
+	$(GPU_VENV)/bin/python -m pip install -q -e ".[gpu,toolkit]" --group gpu-test
 	$(GPU_VENV)/bin/python -c 'import importlib.metadata as m, sys; \
 	    names = {d.metadata["Name"].lower() for d in m.distributions()}; \
 	    sys.exit("onnxruntime (CPU) is installed next to onnxruntime-gpu: CUDA would be lost") if "onnxruntime" in names else None'

@@ -105,8 +105,10 @@ def _out(args: argparse.Namespace, value: Any, text: str) -> str:
 
 
 def _promote(args: argparse.Namespace, client: Any) -> str:
-    alias = client.set_alias(args.name, args.alias, args.version)
+    # Looked up first: an unknown version fails before anything changes, and a promote that
+    # succeeds is never reported as a failure of the lookup after it.
     warning = ungated_warning(client.get_version(args.name, args.version))
+    alias = client.set_alias(args.name, args.alias, args.version)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     return _out(
