@@ -186,7 +186,7 @@ def _db_gc(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides=_overrides(args))
     engine = engine_for(config.db_url)
     try:
-        # A database without the registry's tables fails in collect_garbage before anything is removed.
+        # collect_garbage refuses a database not at this ortserve's migration head before removing anything.
         registry = Registry(engine, open_store(config), max_model_bytes=config.max_model_bytes)
         found = registry.collect_garbage(
             blob_grace_s=args.grace, stale_temp_s=args.grace, dry_run=args.dry_run

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from ortserve.errors import InvalidInput, Unavailable
+from ortserve.errors import FailedPrecondition, InvalidInput, Unavailable, logged
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -126,3 +126,56 @@ def current_revision(engine: sa.Engine) -> str | None:
 
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str:
+    """The newest migration this ortserve ships."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "ortserve ships its migrations"
+    return head
+
+
+def known_revisions() -> frozenset[str]:
+    """Every migration this ortserve ships."""
+    from alembic.script import ScriptDirectory
+
+    return frozenset(s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions())
+
+
+def database_revision(engine: sa.Engine) -> str | None:
+    """The database's revision in one SELECT; None when it has no ortserve schema yet.
+    Unavailable when the database cannot be reached."""
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.InterfaceError) as exc:
+        if _lacks_version_table(engine):
+            return None
+        raise Unavailable(logged("the registry database is unavailable; retry later", exc)) from exc
+
+
+def _lacks_version_table(engine: sa.Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            return not sa.inspect(conn).has_table("alembic_version")
+    except sa.exc.DBAPIError:
+        return False
+
+
+def check_at_head(engine: sa.Engine, action: str) -> None:
+    """Refuse `action` (destructive maintenance such as `db gc`) unless the database is at exactly
+    this ortserve's head: a newer schema may reference blobs this code does not know about, an
+    older one lacks columns this code reads."""
+    found, head = database_revision(engine), head_revision()
+    if found == head:
+        return
+    at = f"the registry database is at revision {found or 'none (no ortserve schema)'}"
+    if found is not None and found not in known_revisions():
+        raise FailedPrecondition(
+            f"{at}, newer than this ortserve (head {head}): run {action} with the newest ortserve"
+        )
+    raise FailedPrecondition(
+        f"{at}, older than this ortserve (head {head}): run `ortserve db upgrade` first, then {action}"
+    )

@@ -47,7 +47,7 @@ from ortserve.records import (
 )
 from ortserve.registry import repository as repo
 from ortserve.registry import rollout
-from ortserve.registry.db import READ_ONLY
+from ortserve.registry.db import READ_ONLY, check_at_head
 from ortserve.registry.orm import Alias, ModelVersion, TrafficPolicyRow, utcnow
 from ortserve.registry.paging import DEFAULT_PAGE_SIZE, decode_token, encode_token, page_size_of
 from ortserve.runtime.session import check_providers
@@ -666,7 +666,10 @@ class Registry:
         self, *, blob_grace_s: float = 3600.0, stale_temp_s: float = STALE_TEMP_S, dry_run: bool = False
     ) -> list[Garbage]:
         """Remove store blobs no version refers to (older than `blob_grace_s`) and temp files of
-        uploads untouched for `stale_temp_s`; with `dry_run`, only list them."""
+        uploads untouched for `stale_temp_s`; with `dry_run`, only list them. Refused unless the
+        database is at this ortserve's migration head: a newer schema may reference blobs this code
+        cannot see (FailedPrecondition naming both revisions)."""
+        check_at_head(self.engine, "gc")
         referenced = self.referenced_blobs()
         return self.store.collect_garbage(
             referenced, blob_grace_s=blob_grace_s, stale_temp_s=stale_temp_s, dry_run=dry_run
