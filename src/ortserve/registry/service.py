@@ -164,9 +164,21 @@ class Registry:
         except BaseException:
             upload.abort()
             raise
+        if reuse_identical and (same := self._identical_version(manifest)) is not None:
+            return same  # its samples stay; storing the manifest's would leave an orphan blob
         stored = self._store_samples(manifest.samples) if manifest.samples else ""
         extras = Extras(samples_sha256=stored, sample_rows=rows, derivation=derivation)
         return self._record_version(manifest, info, reuse_identical, extras)
+
+    def _identical_version(self, manifest: Manifest) -> ModelVersionRecord | None:
+        """The version of the manifest's model with its bytes, if any (read without the model's
+        lock: `_record_version` checks again under it)."""
+        with self._session() as session:
+            model_id = repo.model_id(session, manifest.name)
+            if model_id is None:
+                return None
+            same = repo.version_with_bytes(session, model_id, manifest.sha256.lower())
+            return None if same is None else repo.version_record(same, manifest.name, self._path_for)
 
     def _validated(self, path: Path, samples: Samples | None) -> tuple[ModelInfo, int]:
         """The model's info and the rows of its samples, checked against its signature."""
