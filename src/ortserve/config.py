@@ -47,6 +47,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_connection_age_grace_ms": (0, _INT32),
     "blob_cache_bytes": (0, 2**60),
     "optimized_model_cache_bytes": (0, 2**60),
+    "max_toolkit_jobs": (1, 64),
 }
 
 
@@ -93,6 +94,10 @@ class ServerConfig:
     # onnxruntime-extensions (the `extensions` extra), when installed: its library is registered like
     # custom_op_libraries and its domain ai.onnx.contrib allowed. Without the package: nothing.
     onnxruntime_extensions: bool = True
+    # Derivations (models optimize/quantize/fp16) and operator profiles running at once on this
+    # server, each in a limited subprocess of up to 4 GiB plus three times the model; more are
+    # refused with RESOURCE_EXHAUSTED.
+    max_toolkit_jobs: int = 2
     # Threads for warm-ups; 0: the machine's cores. Each loaded version also runs its batches on
     # threads of its own, one per batch it may run at once (max_concurrent_batches).
     executor_threads: int = 0

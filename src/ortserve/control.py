@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
 
-from ortserve.errors import FailedPrecondition, OrtserveError
+from ortserve.errors import FailedPrecondition, OrtserveError, ResourceExhausted
 from ortserve.records import (
     PRODUCTION,
     AliasRecord,
@@ -35,6 +37,7 @@ from ortserve.toolkit.profile import Profile
 from ortserve.toolkit.recipes import Gate, Recipe
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class ControlPlane:
@@ -50,7 +53,13 @@ class ControlPlane:
         on_change: Callable[[], Awaitable[None]] | None = None,
         on_poll_failure: Callable[[str], None] = lambda kind: None,
         listen_url: str | None = None,
+        max_jobs: int = 2,
     ) -> None:
+        # Derivations and profiles hold a thread for minutes: they get threads of their own, never
+        # the default executor that registry reads and loads share, and at most `max_jobs` at once.
+        self._max_jobs = max_jobs
+        self._job_slots = threading.BoundedSemaphore(max_jobs)
+        self._jobs = ThreadPoolExecutor(max_jobs, thread_name_prefix="toolkit-job")
         self._poll_failed = on_poll_failure
         self._listen_url = listen_url
         self._listen_task: asyncio.Task[None] | None = None
@@ -83,6 +92,7 @@ class ControlPlane:
         for task in list(self._loads):
             task.cancel()
         await asyncio.gather(*self._loads, *self._drains, return_exceptions=True)
+        self._jobs.shutdown(wait=False, cancel_futures=True)
         await self.pool.aclose()
 
     async def refresh(self) -> None:
@@ -187,22 +197,45 @@ class ControlPlane:
         load: bool,
     ) -> VersionSlot:
         """Build, compare and register a derived version (see `Registry.derive`); optionally load it."""
-        record = await asyncio.to_thread(
-            self.registry.derive,
-            model,
-            version,
-            recipe,
-            gate=gate,
-            calibration=calibration,
-            description=description,
-            actor=actor,
+        record = await self._job(
+            lambda: self.registry.derive(
+                model,
+                version,
+                recipe,
+                gate=gate,
+                calibration=calibration,
+                description=description,
+                actor=actor,
+            )
         )
         return await self._added(record, load=load)
 
     async def profile(self, model: str, version: int, batch_size: int, runs: int) -> Profile:
-        return await asyncio.to_thread(
-            self.registry.profile, model, version, batch_size=batch_size, runs=runs
+        return await self._job(
+            lambda: self.registry.profile(model, version, batch_size=batch_size, runs=runs)
         )
+
+    async def _job(self, work: Callable[[], T]) -> T:
+        """Run `work` on a job thread; ResourceExhausted when `max_jobs` already run. The slot is
+        held until the work ends, even when the caller stops waiting (its subprocess still runs)."""
+        if not self._job_slots.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"{self._max_jobs} derivation or profile jobs are running on this server, its "
+                "limit (max_toolkit_jobs); retry when one has finished"
+            )
+
+        def run() -> T:
+            try:
+                return work()
+            finally:
+                self._job_slots.release()
+
+        try:
+            pending = asyncio.get_running_loop().run_in_executor(self._jobs, run)
+        except BaseException:
+            self._job_slots.release()
+            raise
+        return await pending
 
     async def _added(self, record: ModelVersionRecord, *, load: bool) -> VersionSlot:
         """A version just stored: into the pool here, loaded and warmed up when asked."""

@@ -132,6 +132,7 @@ def build_server(config: ServerConfig, tracer_provider: Any = None) -> Component
         on_change=health.update_models,
         on_poll_failure=metrics.poll_failed,
         listen_url=listen_url(engine) if config.listen_for_changes else None,
+        max_jobs=config.max_toolkit_jobs,
     )
     core = InferenceCore(
         pool,
