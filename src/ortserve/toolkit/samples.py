@@ -19,6 +19,10 @@ from ortserve.signature import Signature, check_feeds
 
 Samples = Mapping[str, np.ndarray]
 MAX_SAMPLE_ROWS = 1024
+# STRING samples are stored as fixed-width unicode, 4 bytes a character with every value as long as
+# the longest: refused above this, so that one long string among many short ones cannot make a
+# request of a few MB allocate GBs.
+MAX_STORED_TEXT_BYTES = 64 << 20
 
 
 def check_samples(signature: Signature, samples: Samples, what: str) -> int:
@@ -72,7 +76,7 @@ def take_rows(samples: Samples, rows: int) -> dict[str, np.ndarray]:
 
 def to_npz(samples: Samples) -> bytes:
     buffer = io.BytesIO()
-    arrays: dict[str, Any] = {name: _storable(a) for name, a in samples.items()}
+    arrays: dict[str, Any] = {name: _storable(name, a) for name, a in samples.items()}
     np.savez(buffer, allow_pickle=False, **arrays)
     return buffer.getvalue()
 
@@ -91,10 +95,18 @@ def from_npz(source: bytes | Path, what: str) -> dict[str, np.ndarray]:
         raise InvalidInput(f"{what} is not a readable .npz file without pickled objects ({kind})") from None
 
 
-def _storable(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.dtype(object):
-        return np.array([_text(v) for v in array.ravel()], dtype=str).reshape(array.shape)
-    return array
+def _storable(name: str, array: np.ndarray) -> np.ndarray:
+    if array.dtype != np.dtype(object):
+        return array
+    texts = [_text(v) for v in array.ravel()]
+    longest = max((len(text) for text in texts), default=0)
+    stored = 4 * max(longest, 1) * len(texts)
+    if stored > MAX_STORED_TEXT_BYTES:
+        raise InvalidInput(
+            f"STRING input {name!r}: {len(texts)} values stored as long as the longest ({longest} "
+            f"characters) take {stored} bytes; the limit is {MAX_STORED_TEXT_BYTES} bytes"
+        )
+    return np.array(texts, dtype=str).reshape(array.shape)
 
 
 def _text(value: object) -> str:
