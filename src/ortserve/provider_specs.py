@@ -44,6 +44,11 @@ def full_name(name: str) -> str:
 
 def parse_spec(text: str) -> ProviderSpec:
     """One spec, `NAME[:key=value,...]`; errors name the text and what was expected."""
+    if ";" in text:
+        raise InvalidInput(
+            f"provider spec {text!r} holds several providers (';' separates specs in a list); "
+            "give each provider as its own spec"
+        )
     name, _, rest = text.strip().partition(":")
     if not name.strip():
         raise InvalidInput(f"provider spec {text!r} has no provider name (expected NAME[:key=value,...])")

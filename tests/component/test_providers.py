@@ -294,3 +294,8 @@ async def test_the_cli_registers_provider_specs_in_order_and_refuses_bad_ones(
             (CPU, {}),
         ]
         assert list(shown.fallback_providers) == [CUDA]
+        # One flag may hold a ';'-separated list, as ORTSERVE_PROVIDERS and serve --providers do.
+        code, err = await run(*base, "--provider", "cuda:device_id=0;cpu")
+        assert code == 0, err
+        shown = await running.version(2)
+        assert [(p.name, dict(p.options)) for p in shown.providers] == [(CUDA, {"device_id": "0"}), (CPU, {})]

@@ -62,6 +62,7 @@ def test_a_spec_parses_and_formats_back(text: str, expected: ProviderSpec) -> No
         ("cuda:device_id=0,cpu", "option 'cpu' is not key=value (separate providers with ';')"),
         ("cuda:=3", "option '=3' is not key=value"),
         ("cuda:device_id=0,device_id=1", "sets option 'device_id' twice"),
+        ("cuda;cpu", "holds several providers (';' separates specs in a list)"),
     ],
 )
 def test_a_malformed_spec_names_the_text_and_the_cause(text: str, message: str) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ortserve import dtypes
 from ortserve.errors import InvalidInput, OrtserveError
-from ortserve.provider_specs import parse_spec
+from ortserve.provider_specs import parse_spec_list
 from ortserve.records import ProviderSpec
 
 DEFAULT_SERVER = "127.0.0.1:8001"
@@ -52,12 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _provider_spec(text: str) -> ProviderSpec:
-    """argparse type of --provider: a spec, or a usage error naming what is wrong with it."""
+def _provider_specs(text: str) -> tuple[ProviderSpec, ...]:
+    """argparse type of --provider: specs (';'-separated), or a usage error naming what is wrong."""
     try:
-        return parse_spec(text)
+        specs = parse_spec_list(text)
     except InvalidInput as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if not specs:
+        raise argparse.ArgumentTypeError(f"provider spec {text!r} has no provider name")
+    return specs
 
 
 def _server_flags(p: argparse.ArgumentParser) -> None:
@@ -211,12 +214,13 @@ def _add_models(sub: Any) -> None:
     reg.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     reg.add_argument(
         "--provider",
-        action="append",
+        action="extend",
         default=[],
-        type=_provider_spec,
+        type=_provider_specs,
         metavar="SPEC",
-        help="execution provider, repeated in order of preference: NAME[:key=value,...], "
-        "e.g. cuda:device_id=0,gpu_mem_limit=2147483648 (short names: cpu, cuda, tensorrt, ...)",
+        help="execution provider, repeated (or ';'-separated) in order of preference: "
+        "NAME[:key=value,...], e.g. cuda:device_id=0,gpu_mem_limit=2147483648 (short names: cpu, "
+        "cuda, tensorrt, ...)",
     )
     reg.add_argument("--max-batch-size", type=int)
     reg.add_argument("--no-load", action="store_true", help="store only; do not load on the server")
