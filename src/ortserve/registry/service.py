@@ -324,7 +324,8 @@ class Registry:
         work = Path(tempfile.mkdtemp(prefix="ortserve-derive-"))
         try:
             source_path = work / "source.onnx"
-            shutil.copyfile(self.store.local_path(source.sha256), source_path)
+            with self.store.pinned(source.sha256) as cached:
+                shutil.copyfile(cached, source_path)
             samples = self._stored_samples(source)
             recipe = _recorded(recipe, source, calibration)
             derived = derive_model(
@@ -359,24 +360,26 @@ class Registry:
         record = self.get_version(model, version)
         work = Path(tempfile.mkdtemp(prefix="ortserve-profile-"))
         try:
-            return profile_model(
-                self.store.local_path(record.sha256),
-                signature=record.signature,
-                samples=self._stored_samples(record),
-                batch=batch_size,
-                runs=runs,
-                work_dir=work,
-                limits=self._job_limits(record),
-                custom_op_libraries=self._custom_op_libraries,
-            )
+            samples = self._stored_samples(record)
+            with self.store.pinned(record.sha256) as path:
+                return profile_model(
+                    path,
+                    signature=record.signature,
+                    samples=samples,
+                    batch=batch_size,
+                    runs=runs,
+                    work_dir=work,
+                    limits=self._job_limits(record),
+                    custom_op_libraries=self._custom_op_libraries,
+                )
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
     def _stored_samples(self, record: ModelVersionRecord) -> dict[str, np.ndarray] | None:
         if not record.samples_sha256:
             return None
-        path = self.store.local_path(record.samples_sha256)
-        return sample_inputs.from_npz(path, f"the stored samples of version {record.version}")
+        with self.store.pinned(record.samples_sha256) as path:
+            return sample_inputs.from_npz(path, f"the stored samples of version {record.version}")
 
     def _job_limits(self, record: ModelVersionRecord) -> SandboxLimits:
         """Room for the model's source and derived copies beside ONNX Runtime's own needs."""

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -37,6 +38,8 @@ from ortserve.scheduler.routing import NO_ROUTES, ModelRoutes, choose
 from ortserve.scheduler.stats import VersionStats
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from opentelemetry.trace import Tracer
 
     from ortserve.scheduler.tracing import BatchTracer
@@ -98,13 +101,16 @@ class ModelPool:
         inline_compute_us: int = 0,
         events: EventBus | None = None,
         clock: Callable[[], float] = time.monotonic,
-        blob_path: Callable[[ModelVersionRecord], str] = lambda record: record.path,
+        blob_path: Callable[[ModelVersionRecord], AbstractContextManager[str | Path]] = (
+            lambda record: nullcontext(record.path)
+        ),
         tracer: Tracer | None = None,
     ) -> None:
         self._clock = clock
         self._tracer = tracer  # OpenTelemetry, when tracing is configured
-        # The model file of a version on this machine, fetched from the model store where needed;
-        # blocking, so it runs in a thread of its load.
+        # The model file of a version on this machine, fetched from the model store where needed
+        # and kept (pinned in the blob cache) while the session reads it; blocking, so it runs in a
+        # thread of its load.
         self._blob_path = blob_path
         self._executor = executor
         self._defaults = defaults
@@ -289,7 +295,8 @@ class ModelPool:
         await self.evict(protect=slot.key)
 
     def _create_session(self, record: ModelVersionRecord) -> OrtSession:
-        return create_session(record, self._defaults, self._blob_path(record))
+        with self._blob_path(record) as path:
+            return create_session(record, self._defaults, str(path))
 
     def _failed(self, slot: VersionSlot, error: str) -> None:
         model, version = slot.key

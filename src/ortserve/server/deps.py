@@ -119,7 +119,7 @@ def build_server(config: ServerConfig, tracer_provider: Any = None) -> Component
         metrics.for_version,
         memory_budget_bytes=config.memory_budget_bytes,
         inline_compute_us=config.inline_compute_us,
-        blob_path=lambda record: str(store.local_path(record.sha256)),
+        blob_path=lambda record: store.pinned(record.sha256),
         tracer=tracer_provider.get_tracer("ortserve.scheduler") if tracer_provider else None,
     )
     metrics.watch_pool(pool)

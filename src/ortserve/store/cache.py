@@ -2,7 +2,9 @@
 through `<root>/tmp/`, at most `max_bytes` in all (0: no limit), least recently used out.
 
 Every read hashes the file: a copy whose digest does not match is deleted and never served.
-Recency survives a restart through the files' modification times.
+Recency survives a restart through the files' modification times. A pinned blob is never evicted:
+a load pins its blob from the check of its digest until ONNX Runtime has read the file, so eviction
+for another blob cannot remove the path in between (the cache may exceed its cap meanwhile).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import contextlib
 import os
 import secrets
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
@@ -36,6 +39,7 @@ class BlobCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, int] = OrderedDict(self._scan())
         self._bytes = sum(self._entries.values())
+        self._pins: Counter[str] = Counter()
 
     def _scan(self) -> list[tuple[str, int]]:
         """The cached blobs, least recently used first."""
@@ -62,9 +66,29 @@ class BlobCache:
     def temp_path(self, kind: str) -> Path:
         return self.tmp / f"{kind}-{secrets.token_hex(16)}.part"
 
+    @contextlib.contextmanager
+    def pinned(self, sha256: str) -> Iterator[None]:
+        """Keep `sha256` from eviction for the block (cached now or added in it); on leaving, other
+        blobs above the cap that no one pins are evicted (this one was just used: it stays)."""
+        check_sha256(sha256)
+        with self._lock:
+            self._pins[sha256] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pins[sha256] -= 1
+                if not self._pins[sha256]:
+                    del self._pins[sha256]
+                self._evict(keep=sha256)
+
     def get(self, sha256: str) -> Path | None:
         """The cached copy, its digest checked, now the most recently used; None when it is absent
-        or corrupt (a corrupt copy is deleted)."""
+        or corrupt (a corrupt copy is deleted). Pin the blob to keep the path beyond the return."""
+        with self.pinned(sha256):
+            return self._get(sha256)
+
+    def _get(self, sha256: str) -> Path | None:
         path = self.path_for(sha256)
         try:
             actual = hash_file(path)[1]
@@ -79,8 +103,9 @@ class BlobCache:
             self.discard(sha256)
             return None
         with self._lock:
-            if sha256 in self._entries:
-                self._entries.move_to_end(sha256)
+            if sha256 not in self._entries:
+                return None  # discarded while it was read
+            self._entries.move_to_end(sha256)
         with contextlib.suppress(OSError):
             os.utime(path)
         return path
@@ -91,35 +116,35 @@ class BlobCache:
         target = self.path_for(sha256)
         with writing("adding a blob", target, CACHE):
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target)
+            with self._lock:  # an eviction decided earlier never removes the file placed here
+                os.replace(source, target)
+                self._bytes += size - self._entries.pop(sha256, 0)
+                self._entries[sha256] = size
+                self._evict(keep=sha256)
             fsync_dir(target.parent)
-        with self._lock:
-            self._bytes += size - self._entries.pop(sha256, 0)
-            self._entries[sha256] = size
-            victims = self._victims(keep=sha256)
-        for victim in victims:
-            self.path_for(victim).unlink(missing_ok=True)
-            log.info("cached_blob_evicted", sha256=victim, cache_bytes=self._bytes, max_bytes=self.max_bytes)
         if self.max_bytes and size > self.max_bytes:
             log.warning("cached_blob_above_cap", sha256=sha256, size_bytes=size, max_bytes=self.max_bytes)
         return target
 
-    def _victims(self, keep: str) -> list[str]:
-        """Least recently used blobs to drop until the cache fits its cap (under the lock)."""
-        victims = []
+    def _evict(self, keep: str) -> None:
+        """Remove least recently used blobs, neither `keep` nor pinned, until the cache fits its
+        cap (under the lock, so that a blob added again meanwhile is not removed after its add)."""
         for sha256 in list(self._entries):
             if not self.max_bytes or self._bytes <= self.max_bytes:
                 break
-            if sha256 != keep:
+            if sha256 != keep and sha256 not in self._pins:
                 self._bytes -= self._entries.pop(sha256)
-                victims.append(sha256)
-        return victims
+                self.path_for(sha256).unlink(missing_ok=True)
+                log.info(
+                    "cached_blob_evicted", sha256=sha256, cache_bytes=self._bytes, max_bytes=self.max_bytes
+                )
 
     def discard(self, sha256: str) -> None:
         """Drop the cached copy, if any."""
-        self._forget(sha256)
-        with contextlib.suppress(FileNotFoundError):
-            self.path_for(sha256).unlink()
+        with self._lock:
+            self._bytes -= self._entries.pop(sha256, 0)
+            with contextlib.suppress(FileNotFoundError):
+                self.path_for(sha256).unlink()
 
     def _forget(self, sha256: str) -> None:
         with self._lock:

@@ -7,9 +7,11 @@ the database row is committed only afterwards, so a crash leaves at most an orph
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ortserve.errors import FailedPrecondition, Unavailable, logged
@@ -98,6 +100,11 @@ class FileStore:
                 f"blob sha256 {sha256} in the model store hashes to {actual}: it is corrupt and is not served"
             )
         return path
+
+    @contextlib.contextmanager
+    def pinned(self, sha256: str) -> Iterator[Path]:
+        """`local_path`: the store's own file, removed only by garbage collection of an orphan."""
+        yield self.local_path(sha256)
 
     def delete(self, sha256: str) -> None:
         path = self.path_for(sha256)

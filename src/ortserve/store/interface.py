@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -93,6 +94,11 @@ class BlobStore(Protocol):
         Blocking: call it off the event loop. A blob whose bytes do not hash to `sha256` is never
         returned (FailedPrecondition naming the digest).
         """
+        ...
+
+    def pinned(self, sha256: str) -> AbstractContextManager[Path]:
+        """`local_path`, kept on this machine until the block ends: a load reads the file inside it
+        (a replica's cache may evict a blob `local_path` returned once another is fetched)."""
         ...
 
     def delete(self, sha256: str) -> None: ...

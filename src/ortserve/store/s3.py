@@ -172,8 +172,15 @@ class S3Store:
     def local_path(self, sha256: str) -> Path:
         """The cached copy when its digest matches; otherwise fetched from the store into the cache.
         Bytes from the store that do not hash to `sha256` are deleted and never served."""
-        cached = self.cache.get(sha256)
-        return cached if cached is not None else self._fetch(sha256)
+        with self.cache.pinned(sha256):
+            cached = self.cache.get(sha256)
+            return cached if cached is not None else self._fetch(sha256)
+
+    @contextlib.contextmanager
+    def pinned(self, sha256: str) -> Iterator[Path]:
+        """`local_path`, kept in the cache until the block ends."""
+        with self.cache.pinned(sha256):
+            yield self.local_path(sha256)
 
     def _fetch(self, sha256: str) -> Path:
         temp = self.cache.temp_path("fetch")
