@@ -237,3 +237,11 @@ async def test_profile_prints_the_operators_and_writes_the_trace(
     assert (code, err.strip()) == (2, "error: --top must be >= 1, got 0")
     code, out, err = await _cli(capsys, "models", "profile", "clf", "7", *server)
     assert code == 1 and err.startswith("error: NOT_FOUND: "), err
+    # Counts below 1 and a trace directory that does not exist are refused before any profiling.
+    for flags, message in [
+        (("--runs", "0"), "error: profile runs must be >= 1, got 0"),
+        (("--batch", "0"), "error: profile batch_size must be >= 1, got 0"),
+        (("--trace", str(tmp / "nowhere" / "t.json")), f"directory {tmp / 'nowhere'} does not exist"),
+    ]:
+        code, out, err = await _cli(capsys, "models", "profile", "clf", "1", *flags, *server)
+        assert (code, out) == (2, "") and message in err, err

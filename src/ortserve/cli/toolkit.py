@@ -139,9 +139,11 @@ def _profile(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise OrtserveError(f"--top must be >= 1, got {args.top}")
+    trace = args.trace or Path(f"{args.name}-{args.version}-profile.json")
+    if not trace.parent.is_dir():
+        raise OrtserveError(f"--trace {trace}: directory {trace.parent} does not exist")
     with Client(args.server, token=args.token) as client:
         result = client.profile(args.name, args.version, batch_size=args.batch, runs=args.runs)
-    trace = args.trace or Path(f"{args.name}-{args.version}-profile.json")
     trace.write_bytes(result.chrome_trace)
     if args.json:
         tables.print_json({**tables.profile_json(result), "trace": str(trace)})

@@ -34,6 +34,7 @@ from ortserve.client.client import (
     model_info_of,
     predict_request,
     prediction_of,
+    profile_request,
     profile_result_of,
     register_manifest,
     signature_info_of,
@@ -361,9 +362,7 @@ class AsyncClient:
         self, model: str, version: int, batch_size: int = 1, runs: int = 10, *, timeout: float | None = None
     ) -> ProfileResult:
         """See `Client.profile`."""
-        request = rpb.ProfileModelVersionRequest(
-            model=model, version=version, batch_size=batch_size, runs=runs
-        )
+        request = profile_request(model, version, batch_size, runs)
         response = await self._registry.ProfileModelVersion(request, timeout=timeout, metadata=self._metadata)
         return profile_result_of(response)
 

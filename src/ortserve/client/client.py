@@ -48,6 +48,7 @@ from ortserve.client.rollout import (
     traffic_of,
     traffic_request,
 )
+from ortserve.errors import InvalidInput
 from ortserve.provider_specs import ProviderLike, to_specs
 from ortserve.store.digest import hash_file
 from ortserve.toolkit.messages import (
@@ -274,6 +275,14 @@ def derive_request(
         description=description,
         load=load,
     )
+
+
+def profile_request(model: str, version: int, batch_size: int, runs: int) -> rpb.ProfileModelVersionRequest:
+    """The request; InvalidInput for a count below 1 (the server reads 0 as its default)."""
+    for name, value in (("batch_size", batch_size), ("runs", runs)):
+        if value < 1:
+            raise InvalidInput(f"profile {name} must be >= 1, got {value}")
+    return rpb.ProfileModelVersionRequest(model=model, version=version, batch_size=batch_size, runs=runs)
 
 
 def profile_result_of(response: rpb.ProfileModelVersionResponse) -> ProfileResult:
@@ -759,9 +768,7 @@ class Client:
         self, model: str, version: int, batch_size: int = 1, runs: int = 10, *, timeout: float | None = None
     ) -> ProfileResult:
         """Run ONNX Runtime's profiler on `version` (`runs` runs of `batch_size` rows of its samples)."""
-        request = rpb.ProfileModelVersionRequest(
-            model=model, version=version, batch_size=batch_size, runs=runs
-        )
+        request = profile_request(model, version, batch_size, runs)
         response = self._registry.ProfileModelVersion(request, timeout=timeout, metadata=self._metadata)
         return profile_result_of(response)
 
