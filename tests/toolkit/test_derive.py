@@ -323,6 +323,8 @@ def test_custom_operator_libraries_are_registered_in_the_child(tmp_path: Path) -
         derive(Optimize(level="basic"), "without", ())
     with pytest.raises(InvalidInput, match=r"^quantize dynamic: the quantizer found nothing to quantize"):
         derive(Quantize(mode="dynamic"), "quantize", libraries)
+    with pytest.raises(InvalidInput, match=r"^fp16: the model has no float32 tensor to convert"):
+        derive(Fp16(), "fp16", libraries)
     report = derive(Optimize(level="basic"), "with", libraries).report
     assert (report.samples, report.sample_rows) == ("generated", GENERATED_ROWS)
     assert [(o.name, o.max_abs_diff, o.argmax_agreement) for o in report.outputs] == [("y", 0.0, None)]

@@ -214,10 +214,17 @@ def _fp16(recipe: Fp16, source: Path, target: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    def convert() -> None:
+    def convert() -> bool:
         model = onnx.load(str(source), load_external_data=False)
         converted = convert_float_to_float16(model, keep_io_types=not recipe.fp16_io)
+        if converted.graph == model.graph:
+            return False
         OnnxModel(converted).topological_sort()  # the converter appends the inputs' Cast nodes last
         onnx.save(converted, str(target))
+        return True
 
-    step(recipe, "the fp16 converter cannot handle the model", convert)
+    if not step(recipe, "the fp16 converter cannot handle the model", convert):
+        raise InvalidInput(
+            f"{describe(recipe)}: the model has no float32 tensor to convert (its inputs, outputs, "
+            "weights and operators use other types)"
+        )
