@@ -23,15 +23,12 @@ from ortserve.errors import InvalidInput, ResourceExhausted
 from ortserve.runtime.custom_ops import NO_CUSTOM_OPS, CustomOps
 from ortserve.signature import Signature, TensorSpec
 from ortserve.toolkit.samples import check_samples, from_npz, generate_samples, to_npz
-from ortserve.toolkit.sandbox import Detailed, SandboxLimits, run_job
+from ortserve.toolkit.sandbox import Detailed, GiB, SandboxLimits, out_of_memory, run_job
 
 if TYPE_CHECKING:
     import onnx
 
-GiB = 1 << 30
 ALLOWED_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
-# ONNX Runtime's words for an allocation that failed (the sandbox names the limit when it sees them).
-_OOM_SIGNS = ("bad_alloc", "alloc failed", "Failed to allocate", "out of memory")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,12 +102,8 @@ def _run_generated(session: Any, signature: Signature) -> None:
     try:
         _run(session, generate_samples(signature, rows=1), "generated inputs (batch 1)")
     except Detailed as exc:
-        if _out_of_memory(exc.detail):
+        if out_of_memory(exc.detail):
             raise
-
-
-def _out_of_memory(text: str) -> bool:
-    return any(sign in text for sign in _OOM_SIGNS)
 
 
 def _run(session: Any, feeds: Mapping[str, np.ndarray], what: str) -> None:
@@ -139,7 +132,7 @@ def _check(path: Path, custom_ops: CustomOps) -> tuple[ModelInfo, Any]:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        if _out_of_memory(str(exc)):
+        if out_of_memory(str(exc)):
             raise Detailed("the ONNX checker ran out of memory", exc) from None
         text = str(exc).replace(str(path.parent), "<upload>")
         raise InvalidInput(f"model fails the ONNX checker: {text}") from None

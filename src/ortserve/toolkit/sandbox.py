@@ -114,9 +114,14 @@ def _failure(exc: BaseException, memory_bytes: int) -> dict[str, Any]:
         outcome = {"kind": "InvalidInput", "error": "", "detail": "MemoryError"}
     else:
         outcome = {"kind": "InvalidInput", "error": "", "detail": f"{type(exc).__name__}: {exc}"}
-    if any(sign in str(outcome.get("detail", "")) for sign in _OOM_SIGNS):
+    if out_of_memory(str(outcome.get("detail", ""))):
         outcome["oom"] = memory_bytes
     return {"ok": False, **outcome}
+
+
+def out_of_memory(text: str) -> bool:
+    """Whether a library's error text says an allocation failed."""
+    return any(sign in text for sign in _OOM_SIGNS)
 
 
 def _base(exc: OrtserveError) -> str:
