@@ -95,6 +95,24 @@ def custom_domain(path: Path | None = None) -> bytes:
     return model.SerializeToString()
 
 
+def string_upper(path: Path | None = None) -> bytes:
+    """y = StringUpper(x) over STRING [N], from onnxruntime-extensions' domain ai.onnx.contrib."""
+    node = helper.make_node("StringUpper", ["x"], ["y"], name="upper", domain="ai.onnx.contrib")
+    graph = helper.make_graph(
+        [node],
+        "upper",
+        [helper.make_tensor_value_info("x", TensorProto.STRING, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["N"])],
+    )
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.contrib", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="ortserve-tests")
+    model.ir_version = 8
+    data = model.SerializeToString()
+    if path is not None:
+        path.write_bytes(data)
+    return data
+
+
 def two_batch_names(path: Path | None = None) -> bytes:
     """ya = a, yb = b where a is [N, 3] and b is [M, 3]: dynamic axis 0 under two names (not batchable)."""
     graph = helper.make_graph(

@@ -17,7 +17,6 @@ import grpc
 import numpy as np
 import pytest
 from grpc import aio
-from onnx import TensorProto, helper
 
 from ortserve.api.inference import grpc_service_pb2 as oip
 from ortserve.api.inference import grpc_service_pb2_grpc as oip_grpc
@@ -38,18 +37,7 @@ UPPER = [b"HELLO", b"", b"MIXED CASE 42"]
 
 
 def upper_model(path: Path) -> Path:
-    """y = StringUpper(x) over STRING [N], from onnxruntime-extensions' domain ai.onnx.contrib."""
-    node = helper.make_node("StringUpper", ["x"], ["y"], name="upper", domain="ai.onnx.contrib")
-    graph = helper.make_graph(
-        [node],
-        "upper",
-        [helper.make_tensor_value_info("x", TensorProto.STRING, ["N"])],
-        [helper.make_tensor_value_info("y", TensorProto.STRING, ["N"])],
-    )
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.contrib", 1)]
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="ortserve-tests")
-    model.ir_version = 8
-    path.write_bytes(model.SerializeToString())
+    onnx_models.string_upper(path)
     return path
 
 

@@ -288,18 +288,8 @@ def test_simplify_without_onnxslim_a_source_failing_on_generated_samples_and_tim
 
 def test_custom_operator_libraries_are_registered_in_the_child(tmp_path: Path) -> None:
     extensions = pytest.importorskip("onnxruntime_extensions")
-    node = helper.make_node("StringUpper", ["x"], ["y"], domain="ai.onnx.contrib")
-    graph = helper.make_graph(
-        [node],
-        "upper",
-        [helper.make_tensor_value_info("x", TensorProto.STRING, ["N"])],
-        [helper.make_tensor_value_info("y", TensorProto.STRING, ["N"])],
-    )
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.contrib", 1)]
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 8
     source = tmp_path / "upper.onnx"
-    source.write_bytes(model.SerializeToString())
+    onnx_models.string_upper(source)
     libraries = (extensions.get_library_path(),)
     text = dtypes.BY_NAME["BYTES"]
     signature = Signature((TensorSpec("x", text, (-1,)),), (TensorSpec("y", text, (-1,)),), True)
