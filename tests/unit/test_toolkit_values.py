@@ -101,7 +101,9 @@ def test_bad_samples_name_the_input() -> None:
     good = samples.generate_samples(SIG, 2)
     with pytest.raises(InvalidInput, match=r"^calibration inputs: input 'x': shape \[2, 2\] does not match"):
         samples.check_samples(SIG, {**good, "x": good["x"][:, :2]}, "calibration inputs")
-    with pytest.raises(InvalidInput, match=r"^sample inputs: .*missing input\(s\) words"):
+    with pytest.raises(InvalidInput, match=r"^sample inputs: the model is missing input\(s\) words$"):
         samples.check_samples(SIG, {"x": good["x"]}, "sample inputs")
+    with pytest.raises(InvalidInput, match=r"^sample inputs: the model has no input 'z'; expected inputs: x"):
+        samples.check_samples(SIG, {**good, "z": good["x"]}, "sample inputs")
     with pytest.raises(InvalidInput, match=r"calibration\.npz is not a readable \.npz file"):
         samples.from_npz(b"not a zip", "calibration.npz")

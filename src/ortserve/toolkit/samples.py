@@ -35,7 +35,7 @@ def check_samples(signature: Signature, samples: Samples, what: str) -> int:
     try:
         rows = check_feeds(signature, samples, "")
     except OrtserveError as exc:
-        detail = str(exc).replace("model '' ", "").replace("for model '' ", "")
+        detail = str(exc).replace("model '' input", "input").replace("model '' ", "the model ")
         raise InvalidInput(f"{what}: {detail}") from None
     if signature.batch_axis and not 1 <= rows <= MAX_SAMPLE_ROWS:
         raise InvalidInput(f"{what} have {rows} rows on axis 0; expected 1 to {MAX_SAMPLE_ROWS}")
