@@ -135,7 +135,7 @@ class ServerConfig:
     # RPCs one connection may have open at once (HTTP/2 SETTINGS; clients queue the rest); 0: no limit.
     max_concurrent_streams: int = 0
     # Input tensor bytes of one inference request (RESOURCE_EXHAUSTED above); 0: max_message_bytes.
-    # System shared memory (OIP extension): callers may map only /dev/shm objects whose key starts
+    # System shared memory (OIP extension): callers may open only /dev/shm objects whose key starts
     # with this ("/" allows every object the server's user can open).
     shared_memory_key_prefix: str = "/ortserve-"
     max_request_bytes: int = 0

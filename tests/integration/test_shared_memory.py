@@ -1,5 +1,5 @@
 """System shared memory against a real server: OIP RPCs, our Predict, the SDK, bad keys and bounds,
-unregister, per-caller isolation and unmapping at shutdown.
+unregister, per-caller isolation and closing at shutdown.
 
 Regions are POSIX shared memory objects made here with multiprocessing.shared_memory (tritonclient's
 own helpers are exercised in test_oip_tritonclient.py).
@@ -209,7 +209,7 @@ async def test_a_shrunk_object_is_refused_and_an_unlinked_one_stays_usable(
     np.ndarray((2, 4), np.float32, buffer=other.buf, offset=32)[...] = B
     await oip.SystemSharedMemoryRegister(register("gone", key_of(other), 64))
     other.close()
-    other.unlink()  # the server's mapping keeps the memory
+    other.unlink()  # the server's open descriptor keeps the memory
     np.testing.assert_array_equal(z_of(await running.inference.Predict(add_request("gone"))), A + B)
 
     await oip.SystemSharedMemoryRegister(register("r", key_of(segment)))
@@ -217,7 +217,9 @@ async def test_a_shrunk_object_is_refused_and_an_unlinked_one_stays_usable(
     try:
         os.ftruncate(fd, 16)
         await expect_error(
-            running.inference.Predict(add_request()), INVALID, "region 'r' is gone or its object"
+            running.inference.Predict(add_request()),
+            INVALID,
+            "the object '" + key_of(segment) + "' of shared memory region 'r' has 16 bytes but 32",
         )
     finally:
         os.ftruncate(fd, 256)
@@ -263,7 +265,7 @@ async def token_server(tmp_path: Path) -> OrtServer:
     return server
 
 
-async def test_regions_belong_to_the_caller_and_are_unmapped_at_shutdown(
+async def test_regions_belong_to_the_caller_and_are_closed_at_shutdown(
     tmp_path: Path, segment: shared_memory.SharedMemory
 ) -> None:
     def as_(token: str) -> tuple[tuple[str, str]]:
@@ -290,7 +292,7 @@ async def test_regions_belong_to_the_caller_and_are_unmapped_at_shutdown(
         (region,) = server.parts.core.shared_memory.status("writer")
     finally:
         await server.stop(0)
-    assert region._map.closed
+    assert region._fd == -1
     assert not server.parts.core.shared_memory.status("writer")
 
 

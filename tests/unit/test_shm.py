@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ortserve.api.inference import grpc_service_pb2 as pb
-from ortserve.errors import AlreadyExists, InvalidInput, NotFound
+from ortserve.errors import AlreadyExists, InvalidInput, NotFound, ResourceExhausted
 from ortserve.scheduler.shm import SharedMemoryRegistry
 from ortserve.server import oip_convert
 
@@ -20,12 +20,14 @@ def shm_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_reads_are_zero_copy_views_bounded_by_the_region(shm_dir: Path) -> None:
+def test_reads_are_copies_bounded_by_the_region(shm_dir: Path) -> None:
     registry = SharedMemoryRegistry(str(shm_dir))
     region = registry.register("", "r", "/obj", 16, 32)
     view = region.read(0, 32, "input 'x'")
     assert np.frombuffer(view, np.float32).tolist() == [4, 5, 6, 7, 8, 9, 10, 11]
     assert view.readonly
+    (shm_dir / "obj").write_bytes(bytes(64))  # the caller's next input does not change this one
+    assert np.frombuffer(view, np.float32).tolist() == [4, 5, 6, 7, 8, 9, 10, 11]
     with pytest.raises(InvalidInput, match="offset 8 \\+ byte size 32 is outside shared memory region 'r'"):
         region.read(8, 32, "input 'x'")
     region.write(28, 4, np.float32(99).tobytes(), "output 'y'")
@@ -65,7 +67,9 @@ def test_unregister_keeps_arrays_in_flight_valid_and_forgets_the_name(shm_dir: P
     region = registry.register("a", "r", "/obj", 0, 64)
     in_flight = np.frombuffer(region.read(0, 16, "x"), np.float32)
     registry.unregister("a", "r")
-    assert in_flight.tolist() == [0, 1, 2, 3]  # still mapped: the array holds the mapping
+    assert in_flight.tolist() == [0, 1, 2, 3]  # a copy: closing the region does not touch it
+    with pytest.raises(InvalidInput, match="shared memory region 'r' was unregistered"):
+        region.write(0, 16, bytes(16), "output 'y'")  # a request resolved before the unregister
     with pytest.raises(InvalidInput, match="shared memory region 'r' is not registered"):
         registry.region("a", "r")
     with pytest.raises(NotFound):
@@ -83,9 +87,22 @@ def test_a_truncated_object_is_refused_naming_the_region(shm_dir: Path) -> None:
     registry = SharedMemoryRegistry(str(shm_dir))
     region = registry.register("", "r", "/obj", 0, 64)
     os.truncate(shm_dir / "obj", 16)
-    with pytest.raises(InvalidInput, match="region 'r' is gone or its object '/obj' shrank"):
+    shrunk = "x: the object '/obj' of shared memory region 'r' has 16 bytes but 32 are needed"
+    with pytest.raises(InvalidInput, match=shrunk):
         region.read(0, 32, "x")
     assert bytes(region.read(0, 16, "x")) == np.arange(4, dtype=np.float32).tobytes()
+    with pytest.raises(
+        InvalidInput, match="y: the object '/obj' of shared memory region 'r' has 16 bytes but 48"
+    ):
+        region.write(32, 16, bytes(16), "y")
+    assert (shm_dir / "obj").stat().st_size == 16  # a refused write does not extend the object
+
+
+def test_a_read_larger_than_one_request_may_send_is_refused_before_copying(shm_dir: Path) -> None:
+    region = SharedMemoryRegistry(str(shm_dir), max_read_bytes=32).register("", "r", "/obj", 0, 64)
+    with pytest.raises(ResourceExhausted, match="x: 64 bytes from shared memory region 'r' are more than"):
+        region.read(0, 64, "x")
+    assert len(region.read(0, 32, "x")) == 32
 
 
 def test_oip_parameters_need_a_region_name_and_a_byte_size(shm_dir: Path) -> None:

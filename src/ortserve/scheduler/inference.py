@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import time
 from asyncio import CancelledError
@@ -17,7 +16,7 @@ from ortserve.records import VersionState
 from ortserve.scheduler.calls import PredictCall, PredictResult
 from ortserve.scheduler.pool import ModelPool, VersionSlot
 from ortserve.scheduler.shadow import NullShadowObserver, ShadowObserver, ShadowStats
-from ortserve.scheduler.shm import SharedMemoryRegistry, detached
+from ortserve.scheduler.shm import SharedMemoryRegistry
 from ortserve.signature import Signature, check_feeds
 
 log = structlog.get_logger(__name__)
@@ -44,8 +43,10 @@ class InferenceCore:
         self._shadow_observer = shadow_observer or NullShadowObserver()
         self.shadows: dict[str, ShadowStats] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
-        # System shared memory regions of the callers (OIP extension); unmapped in aclose.
-        self.shared_memory = SharedMemoryRegistry(key_prefix=shared_memory_key_prefix)
+        # System shared memory regions of the callers (OIP extension); closed in aclose.
+        self.shared_memory = SharedMemoryRegistry(
+            key_prefix=shared_memory_key_prefix, max_read_bytes=max_request_bytes
+        )
 
     async def predict(self, call: PredictCall) -> PredictResult:
         deadline = _deadline(call.timeout_s)
@@ -97,7 +98,6 @@ class InferenceCore:
         policy = self.pool.routes(call.model).policy
         if policy is None or not policy.shadow_target or random.random() >= policy.shadow_share:
             return
-        call = dataclasses.replace(call, feeds={name: detached(a) for name, a in call.feeds.items()})
         task = asyncio.create_task(self._shadow(call, served, policy.shadow_target))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)

@@ -9,24 +9,22 @@ and a byte size instead of carrying tensor bytes. Choices:
   lose the regions on every reconnect.
 - Only POSIX shared memory: the key is "/name" with no other slash, opened as /dev/shm/<name> with
   O_NOFOLLOW (no symlinks) and only when it is a regular file; anything else is INVALID_ARGUMENT.
-- Mapped once at register; the registered offset/size must lie within the object's size then, and
-  every use is bounds-checked against the registered size and (one fstat) against the object's
-  size now, so an object truncated below the region is INVALID_ARGUMENT naming the region. An
-  object unlinked after registering stays mapped and usable (POSIX keeps it until the last mapping
-  goes). Trust: a client that truncates its object *while* a request reads it makes the server
-  fault (SIGBUS), as with Triton; shared memory is for co-located clients the operator trusts with
-  the infer scope.
-- Unregister takes effect at once for new requests. Inputs are numpy arrays over the mapping, and
-  the mapping is an mmap object those arrays keep alive through the buffer protocol: a request in
-  flight keeps reading valid memory, and the mapping is unmapped when the last such array goes
-  (at once when none is left). No copy and no refusal are needed; no array ever outlives its mapping.
+- Opened once at register, never mapped: the registered offset/size must lie within the object's
+  size then. Inputs are read with `preadv` into the array the request uses (one copy) and outputs
+  written with `pwrite`, so a client that truncates its object, even while a request reads or
+  writes it, gets INVALID_ARGUMENT naming the region (a short read, or `fstat` before a write)
+  instead of making the server fault (SIGBUS on a mapping past the end of its object). A `pwrite`
+  that races a truncation extends the object again (tmpfs); that is the client's own data. An
+  object unlinked after registering stays usable (the open descriptor keeps it).
+- Unregister closes the descriptor at once; requests use it only on the event loop, as the
+  registry does, so no read or write sees a closed or reused descriptor. Inputs are the server's
+  own copy, so whatever reads them after the answer (a shadow copy) never sees the caller's next
+  input.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import mmap
 import os
 import re
 import stat
@@ -53,19 +51,31 @@ _OPEN_ERRORS = {
 
 @dataclass(eq=False)
 class Region:
-    """One registered region: `byte_size` bytes at `offset` of the object `key`."""
+    """One registered region: `byte_size` bytes at `offset` of the object `key`, open as `_fd`."""
 
     name: str
     key: str
     offset: int
     byte_size: int
-    _map: mmap.mmap = field(repr=False)
     _fd: int = field(repr=False)
+    max_read_bytes: int = 0  # what one read may copy (the server's max_request_bytes; 0: no limit)
 
     def read(self, offset: int, byte_size: int, what: str) -> memoryview:
-        """A read-only view of the bytes a request names (no copy)."""
-        start = self._bounds(offset, byte_size, what)
-        return memoryview(self._map)[start : start + byte_size].toreadonly()
+        """A copy of the bytes a request names, read from the object now."""
+        start = self._start(offset, byte_size, what)
+        if self.max_read_bytes and byte_size > self.max_read_bytes:
+            raise ResourceExhausted(
+                f"{what}: {byte_size} bytes from shared memory region {self.name!r} are more than "
+                f"one request may send ({self.max_read_bytes} bytes, max_request_bytes)"
+            )
+        view = np.empty(byte_size, np.uint8).data  # not zeroed: every byte is read into or refused
+        done = 0
+        while done < byte_size:
+            count = os.preadv(self._fd, [view[done:]], start + done)
+            if count == 0:
+                raise self._shrunk(what, start + byte_size)
+            done += count
+        return view.toreadonly()
 
     def decode(
         self, decoder: Callable[[memoryview], np.ndarray], offset: int, byte_size: int, what: str
@@ -78,36 +88,49 @@ class Region:
             raise InvalidInput(f"{exc} (in shared memory region {self.name!r})") from None
 
     def write(self, offset: int, byte_size: int, data: bytes, what: str) -> None:
-        """Copy `data` to the place a request named, which must hold it."""
-        start = self._bounds(offset, byte_size, what)
+        """Copy `data` to the place a request named, which must hold it, if the object still does."""
+        start = self.check(offset, byte_size, what)
         if len(data) > byte_size:
             raise InvalidInput(
                 f"{what} is {len(data)} bytes but its shared memory region {self.name!r} "
                 f"gives it {byte_size} bytes (shared_memory_byte_size)"
             )
-        self._map[start : start + len(data)] = data
+        view = memoryview(data)
+        done = 0
+        while done < len(data):
+            done += os.pwrite(self._fd, view[done:], start + done)
 
-    def _bounds(self, offset: int, byte_size: int, what: str) -> int:
+    def check(self, offset: int, byte_size: int, what: str) -> int:
+        """Where the place a request names starts in the object, which must hold it now (one fstat)."""
+        start = self._start(offset, byte_size, what)
+        if os.fstat(self._fd).st_size < start + byte_size:
+            raise self._shrunk(what, start + byte_size)
+        return start
+
+    def _start(self, offset: int, byte_size: int, what: str) -> int:
+        """Where the place starts; INVALID_ARGUMENT when it is outside the registered region or the
+        region was unregistered."""
         if offset < 0 or byte_size < 0 or offset + byte_size > self.byte_size:
             raise InvalidInput(
                 f"{what}: offset {offset} + byte size {byte_size} is outside shared memory region "
                 f"{self.name!r} of {self.byte_size} bytes"
             )
-        start = self.offset + offset
-        if self._fd < 0 or os.fstat(self._fd).st_size < start + byte_size:
-            raise InvalidInput(
-                f"{what}: shared memory region {self.name!r} is gone or its object {self.key!r} "
-                "shrank below the registered size"
-            )
-        return start
+        if self._fd < 0:
+            raise InvalidInput(f"{what}: shared memory region {self.name!r} was unregistered")
+        return self.offset + offset
+
+    def _shrunk(self, what: str, needed: int) -> InvalidInput:
+        size = os.fstat(self._fd).st_size
+        return InvalidInput(
+            f"{what}: the object {self.key!r} of shared memory region {self.name!r} has {size} bytes "
+            f"but {needed} are needed (it shrank below the registered size)"
+        )
 
     def close(self) -> None:
-        """Unmap now, or when the last array over the mapping goes (it keeps the mmap alive)."""
+        """Close the descriptor (unregister, shutdown)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        with contextlib.suppress(BufferError):
-            self._map.close()
 
 
 # The calling owner's region of a name: what the request converters are given.
@@ -117,10 +140,11 @@ RegionLookup = Callable[[str], Region]
 class SharedMemoryRegistry:
     """Regions by owner and name; used from the event loop only, so it needs no lock."""
 
-    def __init__(self, shm_dir: str = SHM_DIR, key_prefix: str = "") -> None:
+    def __init__(self, shm_dir: str = SHM_DIR, key_prefix: str = "", max_read_bytes: int = 0) -> None:
         self._dir = shm_dir
-        # Only objects whose key starts with this may be mapped: without it, any caller with the
-        # infer scope could map any object in /dev/shm that the server's user can open.
+        self._max_read_bytes = max_read_bytes
+        # Only objects whose key starts with this may be opened: without it, any caller with the
+        # infer scope could read and write any object in /dev/shm that the server's user can open.
         self._key_prefix = key_prefix
         self._regions: dict[str, dict[str, Region]] = {}
 
@@ -135,7 +159,8 @@ class SharedMemoryRegistry:
             )
         if byte_size <= 0:
             raise InvalidInput(f"shared memory region {name!r}: byte_size must be positive, got {byte_size}")
-        region = Region(name, key, offset, byte_size, *self._map(name, key, offset + byte_size))
+        fd = self._open(name, key, offset + byte_size)
+        region = Region(name, key, offset, byte_size, fd, self._max_read_bytes)
         regions[name] = region
         return region
 
@@ -173,8 +198,8 @@ class SharedMemoryRegistry:
         while regions:
             yield regions.popitem()[1]
 
-    def _map(self, name: str, key: str, needed: int) -> tuple[mmap.mmap, int]:
-        """The mapping of the object's first `needed` bytes and its open descriptor."""
+    def _open(self, name: str, key: str, needed: int) -> int:
+        """An open descriptor of the object, which holds at least `needed` bytes now."""
         what = f"shared memory region {name!r} key {key!r}"
         if not _KEY.match(key) or key in ("/.", "/.."):
             raise InvalidInput(
@@ -201,21 +226,10 @@ class SharedMemoryRegistry:
                     f"{what}: offset + byte_size = {needed} is past the end of the object "
                     f"({info.st_size} bytes)"
                 )
-            return mmap.mmap(fd, needed, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE), fd
+            return fd
         except BaseException:
             os.close(fd)
             raise
-
-
-def detached(array: np.ndarray) -> np.ndarray:
-    """`array`, copied when it is a view of a shared memory mapping: whatever reads it after the
-    request was answered (a shadow copy) must not see the caller's next input there."""
-    base: object = array
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap):
-        return array.copy()
-    return array
 
 
 def _check_name(name: str) -> None:
@@ -225,4 +239,4 @@ def _check_name(name: str) -> None:
         )
 
 
-__all__ = ["Region", "RegionLookup", "SharedMemoryRegistry", "detached"]
+__all__ = ["Region", "RegionLookup", "SharedMemoryRegistry"]

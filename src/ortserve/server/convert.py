@@ -42,7 +42,7 @@ _DTYPE_BY_ENUM = {v: k for k, v in _ENUM_BY_DTYPE.items()}
 
 
 def array_from_tensor(tensor: tpb.Tensor, model: str, regions: RegionLookup | None = None) -> np.ndarray:
-    """The input's array: over `raw_data`, or over a shared memory region of the caller (no copy)."""
+    """The input's array: over `raw_data`, or a copy of bytes in a shared memory region of the caller."""
     what = f"model {model!r} input {tensor.name!r}"
     dtype = _DTYPE_BY_ENUM.get(tensor.data_type)
     if dtype is None:

@@ -189,7 +189,7 @@ def _shared_feeds(
 ) -> dict[str, np.ndarray]:
     """Inputs of which some are in shared memory: the others are all raw (in order) or all typed.
 
-    An input in shared memory is a read-only array over the region's mapping, without a copy.
+    An input in shared memory is the server's own copy of the region's bytes, read when it converts.
     """
     model, inputs = request.model_name, request.inputs
     places = [_shm_place(t.parameters, regions, _what(model, t.name)) for t in inputs]
@@ -304,7 +304,7 @@ def output_places(request: pb.ModelInferRequest, regions: RegionLookup | None) -
             what = f"model {request.model_name!r} output {output.name!r}"
             place = _shm_place(output.parameters, regions, what)
             if place is not None:
-                place.region.read(place.offset, place.byte_size, what)  # bounds check now
+                place.region.check(place.offset, place.byte_size, what)  # before the request runs
                 places[output.name] = place
     return places
 
