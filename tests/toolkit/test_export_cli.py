@@ -124,14 +124,16 @@ def test_factories_give_a_module_and_inputs(source: Path) -> None:
         ("{source}", ["x=2,16"], "given as PATH.py:FACTORY"),
         ("{source}.txt:make", ["x=2,16"], "given as PATH.py:FACTORY"),
         ("{dir}/missing.py:make", ["x=2,16"], "missing.py: no such file"),
+        ("{dir}/broken.py:make", ["x=2,16"], "broken.py failed: ZeroDivisionError: division by zero"),
         ("{source}:nope", ["x=2,16"], "has no callable 'nope'"),
         ("{source}:not_a_module", ["x=2,16"], "the factory returned a int; expected a torch.nn.Module"),
-        ("{source}:failing", ["x=2,16"], "the factory failed (correlation id "),
+        ("{source}:failing", ["x=2,16"], "the factory failed: RuntimeError: inside the factory"),
         ("{source}:make", ["x"], "--input x needs a shape"),
         ("{source}:with_inputs", ["x=3,16"], "the factory returned example inputs: give --input NAME only"),
     ],
 )
 def test_bad_sources_are_named(source: Path, spec: str, inputs: list[str], expected: str) -> None:
+    (source.parent / "broken.py").write_text("1 / 0\n")
     with pytest.raises(InvalidInput) as info:
         built_module(
             load_factory(spec.format(source=source, dir=source.parent)), [parse_input(i) for i in inputs]

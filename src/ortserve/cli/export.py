@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ortserve import dtypes
-from ortserve.errors import InvalidInput, logged
+from ortserve.errors import InvalidInput
 from ortserve.signature import Signature, TensorSpec
 from ortserve.toolkit.samples import generate_samples
 
@@ -106,11 +106,16 @@ def load_factory(source: str) -> Callable[[], Any]:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
-        raise InvalidInput(logged(f"importing {path} failed", exc)) from exc
+        raise InvalidInput(f"importing {path} failed: {_own(exc)}") from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise InvalidInput(f"{path} has no callable {attr!r}")
     return factory  # type: ignore[no-any-return]
+
+
+def _own(exc: Exception) -> str:
+    """The error of the user's own code, shown to them (this runs on their machine, not a server)."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def built_module(factory: Callable[[], Any], inputs: Sequence[InputArg]) -> tuple[Any, tuple[Any, ...]]:
@@ -120,7 +125,7 @@ def built_module(factory: Callable[[], Any], inputs: Sequence[InputArg]) -> tupl
     try:
         made = factory()
     except Exception as exc:
-        raise InvalidInput(logged("the factory failed", exc)) from exc
+        raise InvalidInput(f"the factory failed: {_own(exc)}") from exc
     given = isinstance(made, tuple) and len(made) == 2
     module, examples = made if given else (made, None)
     if not isinstance(module, torch.nn.Module):
