@@ -43,3 +43,17 @@ def die(request: dict[str, Any]) -> dict[str, Any]:
 def spin(request: dict[str, Any]) -> dict[str, Any]:
     while True:
         pass
+
+
+def cpu_limit(request: dict[str, Any]) -> dict[str, Any]:
+    import resource
+
+    return {"seconds": resource.getrlimit(resource.RLIMIT_CPU)[0]}
+
+
+def spin_past_a_cpu_second(request: dict[str, Any]) -> dict[str, Any]:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CPU, (1, resource.getrlimit(resource.RLIMIT_CPU)[1]))
+    while True:
+        pass

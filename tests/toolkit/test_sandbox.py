@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ortserve.errors import FailedPrecondition, InvalidInput
@@ -44,3 +46,12 @@ def test_killed_child_is_a_crash() -> None:
 def test_timeout() -> None:
     with pytest.raises(InvalidInput, match=r"test job timed out after 1 s"):
         run_job(f"{JOBS}:spin", {}, SandboxLimits(memory_bytes=1 << 30, timeout_s=1), "test job")
+
+
+def test_cpu_limit_lets_every_core_work_for_the_whole_timeout() -> None:
+    # With (timeout + 1) CPU seconds, ONNX Runtime's threads on all cores were killed after a
+    # fraction of the timeout, reported as a crash that "may need more memory".
+    seconds = run_job(f"{JOBS}:cpu_limit", {}, SMALL, "test job")["seconds"]
+    assert seconds >= SMALL.timeout_s * (os.cpu_count() or 1)
+    with pytest.raises(InvalidInput, match=r"^test job exceeded its CPU time limit of \d+ s$"):
+        run_job(f"{JOBS}:spin_past_a_cpu_second", {}, SMALL, "test job")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -54,6 +56,8 @@ def run_job(job: str, request: Mapping[str, Any], limits: SandboxLimits, what: s
     except subprocess.TimeoutExpired:
         raise InvalidInput(f"{what} timed out after {limits.timeout_s:g} s") from None
     lines = [line for line in done.stdout.splitlines() if line.startswith(_RESULT)]
+    if done.returncode == -signal.SIGXCPU:
+        raise InvalidInput(f"{what} exceeded its CPU time limit of {cpu_seconds(limits.timeout_s)} s")
     if done.returncode != 0 or not lines:
         stderr = done.stderr.decode(errors="replace")[-2000:]
         message = (
@@ -66,6 +70,12 @@ def run_job(job: str, request: Mapping[str, Any], limits: SandboxLimits, what: s
         result: dict[str, Any] = outcome["result"]
         return result
     raise _error(outcome, what)
+
+
+def cpu_seconds(timeout_s: float) -> int:
+    """The child's CPU time limit: a backstop should the parent not kill it at `timeout_s`, with
+    every core busy for the whole time (ONNX Runtime's sessions use them all)."""
+    return (int(timeout_s) + 1) * (os.cpu_count() or 1)
 
 
 def _error(outcome: Mapping[str, Any], what: str) -> OrtserveError:
@@ -91,7 +101,7 @@ def _child_main(job: str, memory_bytes: int, timeout_s: float) -> None:
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    cpu = int(timeout_s) + 1
+    cpu = cpu_seconds(timeout_s)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     try:
         request = json.loads(sys.stdin.buffer.read())
