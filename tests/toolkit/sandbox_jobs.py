@@ -57,3 +57,12 @@ def spin_past_a_cpu_second(request: dict[str, Any]) -> dict[str, Any]:
     resource.setrlimit(resource.RLIMIT_CPU, (1, resource.getrlimit(resource.RLIMIT_CPU)[1]))
     while True:
         pass
+
+
+def spin_with_pid(request: dict[str, Any]) -> dict[str, Any]:
+    import os
+    from pathlib import Path
+
+    Path(request["pid_file"]).write_text(str(os.getpid()))
+    while True:
+        pass

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +60,46 @@ def test_cpu_limit_lets_every_core_work_for_the_whole_timeout() -> None:
     assert seconds >= SMALL.timeout_s * (os.cpu_count() or 1)
     with pytest.raises(InvalidInput, match=r"^test job exceeded its CPU time limit of \d+ s$"):
         run_job(f"{JOBS}:spin_past_a_cpu_second", {}, SMALL, "test job")
+
+
+PARENT = """
+import os, sys, threading, time
+from ortserve.toolkit.sandbox import SandboxLimits, run_job
+
+pid_file = sys.argv[1]
+limits = SandboxLimits(memory_bytes=1 << 30, timeout_s=120)
+work = threading.Thread(
+    target=run_job, args=("tests.toolkit.sandbox_jobs:spin_with_pid", {"pid_file": pid_file}, limits, "t"),
+    daemon=True,
+)
+work.start()
+for _ in range(600):
+    if os.path.exists(pid_file) and open(pid_file).read():
+        os._exit(0)  # the server dies mid-job
+    time.sleep(0.05)
+os._exit(3)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_child_dies_with_its_parent(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.run([sys.executable, "-c", PARENT, str(pid_file)], timeout=60, check=False)
+    assert parent.returncode == 0
+    child = int(pid_file.read_text())
+    try:
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the sandbox child outlived its parent"
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)

@@ -27,6 +27,7 @@ _RESULT = b"ortserve-sandbox-result "
 _OOM_SIGNS = ("bad_alloc", "alloc failed", "Failed to allocate", "MemoryError", "out of memory")
 # Error classes a job may raise across the boundary, by name.
 _PASSED = ("InvalidInput", "FailedPrecondition", "ResourceExhausted", "NotFound")
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 Job = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -45,6 +46,7 @@ def run_job(job: str, request: Mapping[str, Any], limits: SandboxLimits, what: s
     a memory limit or a timeout.
     """
     command = [sys.executable, "-m", __name__, job, str(limits.memory_bytes), str(limits.timeout_s)]
+    command.append(str(os.getpid()))
     try:
         done = subprocess.run(
             command,
@@ -97,9 +99,24 @@ class Detailed(InvalidInput):
         self.detail = detail if isinstance(detail, str) else f"{type(detail).__name__}: {detail}"
 
 
-def _child_main(job: str, memory_bytes: int, timeout_s: float) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this child when the thread that started it ends, so that a server
+    killed (or exiting) mid-job leaves no orphan working on for up to its CPU limit."""
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the parent's timeout is the only bound
+        return
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent ended before the line above
+        os._exit(1)
+
+
+def _child_main(job: str, memory_bytes: int, timeout_s: float, parent: int) -> None:
     import resource
 
+    _die_with_parent(parent)
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     cpu = cpu_seconds(timeout_s)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
@@ -142,5 +159,5 @@ def _base(exc: OrtserveError) -> str:
 if __name__ == "__main__":
     # Through the importable module, so that its classes (Detailed) are the ones jobs raise.
     importlib.import_module("ortserve.toolkit.sandbox")._child_main(
-        sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+        sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
     )
