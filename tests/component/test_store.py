@@ -30,6 +30,7 @@ def _upload(store: FileStore, data: bytes) -> Path:
     assert upload.size == len(data)
     assert upload.sha256 == hashlib.sha256(data).hexdigest()
     upload.commit()
+    upload.release()  # as the registry does once the row naming the blob is committed
     return store.path_for(upload.sha256)
 
 
@@ -143,6 +144,7 @@ def test_collect_garbage_keeps_referenced_and_young(tmp_path: Path) -> None:
     stale = _open(store, b"old")
     stale.write(b"old")
     stale.seal()
+    stale.release()  # its process died: no one holds the temp file any more
     old = time.time() - 7200
     os.utime(stale.path, (old, old))
     fresh = _open(store, b"fresh")

@@ -171,8 +171,12 @@ def test_garbage_orphans_and_unfinished_uploads(s3_server: S3Server, bucket: str
     put(store, kept).commit()
     put(store, orphan).commit()
     dead = blob(PART + MiB, seed=9)
-    left = put(store, dead)  # a replica died mid-upload: one part sent, never finished
+    left = put(store, dead)  # mid-upload: one part sent
     referenced = {hashlib.sha256(kept).hexdigest()}
+    in_flight = store.collect_garbage(referenced, stale_temp_s=0, dry_run=True)
+    assert str(left.path) not in [g.location for g in in_flight]  # its spool is held (flock)
+    left.seal()
+    left._spool.release()  # the replica dies, never finishing: its descriptors and lock are gone
     assert store.collect_garbage(referenced, blob_grace_s=3600, stale_temp_s=3600) == []
     found = store.collect_garbage(referenced, stale_temp_s=0, dry_run=True)
     orphan_key = f"s3://{bucket}/team/models/blobs/{hashlib.sha256(orphan).hexdigest()}"

@@ -161,7 +161,8 @@ def _add_db(sub: Any) -> None:
         type=float,
         default=3600.0,
         metavar="SECONDS",
-        help="keep files written less than this long ago: uploads in flight (default: 3600)",
+        help="keep files written less than this long ago (default: 3600); uploads in flight on a file "
+        "store are kept whatever it is (they hold a lock), on S3 keep it longer than a registration",
     )
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     gc.set_defaults(run=_db_gc)

@@ -164,11 +164,14 @@ class Registry:
         except BaseException:
             upload.abort()
             raise
-        if reuse_identical and (same := self._identical_version(manifest)) is not None:
-            return same  # its samples stay; storing the manifest's would leave an orphan blob
-        stored = self._store_samples(manifest.samples) if manifest.samples else ""
-        extras = Extras(samples_sha256=stored, sample_rows=rows, derivation=derivation)
-        return self._record_version(manifest, info, reuse_identical, extras)
+        try:  # the blob stays held from garbage collection until its row is committed
+            if reuse_identical and (same := self._identical_version(manifest)) is not None:
+                return same  # its samples stay; storing the manifest's would leave an orphan blob
+            with self._samples_blob(manifest.samples) as stored:
+                extras = Extras(samples_sha256=stored, sample_rows=rows, derivation=derivation)
+                return self._record_version(manifest, info, reuse_identical, extras)
+        finally:
+            upload.release()
 
     def _identical_version(self, manifest: Manifest) -> ModelVersionRecord | None:
         """The version of the manifest's model with its bytes, if any (read without the model's
@@ -187,9 +190,14 @@ class Registry:
         info = self._validate(path, self._limits, samples=samples)
         return info, sample_inputs.check_samples(info.signature, samples, "sample inputs")
 
-    def _store_samples(self, samples: Samples) -> str:
+    @contextmanager
+    def _samples_blob(self, samples: Samples | None) -> Iterator[str]:
         """Commit the samples' .npz bytes to the store (rewritten even when present, so that a
-        garbage collection running now keeps it for its grace period); their sha256."""
+        garbage collection running now keeps it for its grace period) and hold them from garbage
+        collection for the block; their sha256 ("" without samples)."""
+        if not samples:
+            yield ""
+            return
         data = sample_inputs.to_npz(samples)
         sha256 = hashlib.sha256(data).hexdigest()
         upload = self.store.open_upload(
@@ -203,7 +211,10 @@ class Registry:
         except BaseException:
             upload.abort()
             raise
-        return sha256
+        try:
+            yield sha256
+        finally:
+            upload.release()
 
     def register_file(
         self,

@@ -10,14 +10,21 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from ortserve.errors import FailedPrecondition, Unavailable, logged
 from ortserve.store.digest import check_sha256, hash_file
 from ortserve.store.interface import STALE_TEMP_S, BlobInfo, Garbage, unreferenced
-from ortserve.store.spool import FileUpload, fsync_dir, stale_files, stat_or_none, writing
+from ortserve.store.spool import (
+    FileUpload,
+    fsync_dir,
+    remove_stale,
+    stale_files,
+    stat_or_none,
+    unheld,
+    writing,
+)
 
 
 class FileStoreUpload(FileUpload):
@@ -127,23 +134,15 @@ class FileStore:
         blob_grace_s: float = 0.0,
         dry_run: bool = False,
     ) -> list[Garbage]:
-        """Orphan blobs, then temp files untouched for `stale_temp_s` (an upload in flight writes its
-        temp file at least once per chunk, so it stays young)."""
+        """Orphan blobs, then temp files untouched for `stale_temp_s`, that no upload holds: one in
+        flight holds a flock on its bytes, whatever their age, from its temp file's creation until
+        the registry row naming the blob is committed (or the registration fails)."""
         found = [
             (self.path_for(b.sha256), b.size_bytes, blob_grace_s)
             for b in unreferenced(self.blobs(), referenced, blob_grace_s)
+            if unheld(self.path_for(b.sha256))
         ]
         found.extend((path, size, stale_temp_s) for path, size in stale_files(self.tmp, stale_temp_s))
         if not dry_run:
-            found = [item for item in found if _remove_if_untouched(item[0], item[2])]
+            found = [item for item in found if remove_stale(item[0], item[2])]
         return [Garbage(str(path), size) for path, size, _age in found]
-
-
-def _remove_if_untouched(path: Path, age_s: float) -> bool:
-    """Remove `path` unless it was written in the last `age_s` seconds, as a blob stored again since
-    it was listed is (its row may be on its way); whether it was removed."""
-    stat = stat_or_none(path)
-    if stat is None or time.time() - stat.st_mtime < age_s:
-        return False
-    path.unlink(missing_ok=True)
-    return True

@@ -46,10 +46,18 @@ class BlobUpload(Protocol):
         ...
 
     def commit(self) -> None:
-        """Check the bytes against the declared size and sha256, then make the blob visible."""
+        """Check the bytes against the declared size and sha256, then make the blob visible; the
+        upload still holds it (garbage collection skips it) until `release`."""
         ...
 
-    def abort(self) -> None: ...
+    def release(self) -> None:
+        """Let garbage collection judge the bytes: once the row naming the blob is committed, or
+        the registration failed; idempotent."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the bytes received (and the hold); idempotent."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

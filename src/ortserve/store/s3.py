@@ -33,7 +33,7 @@ from ortserve.errors import FailedPrecondition, InvalidInput, ResourceExhausted,
 from ortserve.store.cache import CACHE, BlobCache
 from ortserve.store.digest import READ_BYTES, SHA256_RE, check_sha256
 from ortserve.store.interface import STALE_TEMP_S, BlobInfo, Garbage, unreferenced
-from ortserve.store.spool import FileUpload, stale_files, writing
+from ortserve.store.spool import FileUpload, create_held, remove_stale, stale_files, writing
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -185,8 +185,10 @@ class S3Store:
     def _fetch(self, sha256: str) -> Path:
         temp = self.cache.temp_path("fetch")
         started = time.monotonic()
+        with writing("creating a fetch's temp file", temp, CACHE):
+            held = create_held(temp)  # garbage collection leaves a fetch in flight alone
         try:
-            size, actual = self._download(sha256, temp)
+            size, actual = self._download(sha256, temp, held)
             if actual != sha256:
                 raise FailedPrecondition(
                     f"blob sha256 {sha256} in the model store {self.location} hashes to {actual}: "
@@ -195,11 +197,12 @@ class S3Store:
             path = self.cache.add(temp, sha256, size)
         finally:
             temp.unlink(missing_ok=True)
+            os.close(held)
         log.info("blob_fetched", sha256=sha256, size_bytes=size, seconds=round(time.monotonic() - started, 3))
         return path
 
-    def _download(self, sha256: str, temp: Path) -> tuple[int, str]:
-        """Stream the blob into `temp`, hashing it on the way: its size and sha256."""
+    def _download(self, sha256: str, temp: Path, fd: int) -> tuple[int, str]:
+        """Stream the blob into `temp` (open as `fd`), hashing it on the way: its size and sha256."""
         digest = hashlib.sha256()
         size = 0
         missing = f"blob sha256 {sha256} is missing from the model store {self.location}"
@@ -208,7 +211,7 @@ class S3Store:
             writing("fetching a blob", temp, CACHE),
         ):
             body = self.client.get_object(Bucket=self.bucket, Key=self.key_for(sha256))["Body"]
-            with temp.open("xb") as file:
+            with open(fd, "wb", closefd=False) as file:
                 for chunk in body.iter_chunks(READ_BYTES):
                     file.write(chunk)
                     digest.update(chunk)
@@ -249,7 +252,7 @@ class S3Store:
         ]
         found.extend(self._stale_uploads(stale_temp_s))
         found.extend(
-            (Garbage(str(path), size), functools.partial(_unlink, path))
+            (Garbage(str(path), size), functools.partial(remove_stale, path, stale_temp_s))
             for path, size in stale_files(self.cache.tmp, stale_temp_s)
         )
         if not dry_run:
@@ -378,6 +381,9 @@ class S3Upload:
         store.cache.add(self._spool.path, self.sha256, self.size)
         self._spool.closed = True
 
+    def release(self) -> None:
+        self._spool.release()
+
     def abort(self) -> None:
         """Drop the spool at once; an unfinished multipart upload is aborted in the background (this
         may run on the event loop, and the store may be the thing that is down)."""
@@ -388,11 +394,6 @@ class S3Upload:
             threading.Thread(
                 target=self._store.abort_multipart, args=(self._key, upload_id), name="s3-abort", daemon=True
             ).start()
-
-
-def _unlink(path: Path) -> bool:
-    path.unlink(missing_ok=True)
-    return True
 
 
 def _reason(exc: BaseException, bucket: str) -> str:

@@ -1,20 +1,24 @@
 """A blob being received into a local temp file: hashed as written, checked against what was declared.
 
 The file is created with O_EXCL (so no symlink or hardlink planted by anyone can be there), and is
-what validation reads before the store commits the bytes. A write that fails for lack of space
-(ENOSPC, EDQUOT, EFBIG) is RESOURCE_EXHAUSTED, any other failure to write is UNAVAILABLE; the
-caller's message names neither paths nor the OS's own text beyond the reason, which goes to the
-log with the path under the message's correlation id.
+what validation reads before the store commits the bytes. It holds an exclusive flock from its
+creation until it is committed or aborted: garbage collection removes only temp files no one holds,
+so an upload in flight is safe whatever the grace period (a crashed process's lock is gone).
+
+A write that fails for lack of space (ENOSPC, EDQUOT, EFBIG) is RESOURCE_EXHAUSTED, any other
+failure to write is UNAVAILABLE; the caller's message names neither paths nor the OS's own text
+beyond the reason, which goes to the log with the path under the message's correlation id.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from ortserve.store.digest import check_sha256
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 MODEL_STORE = "the model store"
+CREATE_ATTEMPTS = 3
 
 
 @contextmanager
@@ -66,7 +71,10 @@ class FileUpload:
         # waits for a chunk being written in a thread instead of closing the descriptor under it.
         self._lock = threading.Lock()
         with writing("creating the upload's temp file", path, what):
-            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            self._fd: int | None = create_held(path)
+        # The flock lives as long as one descriptor of the file's open file description does: this
+        # one, after `seal` closed the writer, until the upload is committed or aborted.
+        self._hold: int | None = os.dup(self._fd)
         self.closed = False
 
     @property
@@ -120,6 +128,13 @@ class FileUpload:
                 f"sha256 mismatch: manifest says {self.expected_sha256}, received bytes hash to {self.sha256}"
             )
 
+    def release(self) -> None:
+        """Drop the flock (held on the bytes, at their address once committed); idempotent."""
+        with self._lock:
+            hold, self._hold = self._hold, None
+        if hold is not None:
+            os.close(hold)
+
     def abort(self) -> None:
         """Drop the temp file; idempotent. A file that cannot be removed is left to garbage collection."""
         with self._lock:
@@ -131,6 +146,8 @@ class FileUpload:
             self.path.unlink(missing_ok=True)
         except OSError as exc:
             logged("an aborted upload's temp file was left behind", exc, path=str(self.path))
+        finally:
+            self.release()
 
 
 def fsync_dir(path: Path) -> None:
@@ -148,12 +165,69 @@ def stat_or_none(path: Path) -> os.stat_result | None:
         return None
 
 
+def create_held(path: Path) -> int:
+    """Create `path` (O_EXCL, 0600) holding an exclusive flock on it; its descriptor, open for
+    writing. Garbage collection may remove the file between its creation and the lock: then it is
+    created again."""
+    for _attempt in range(CREATE_ATTEMPTS):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # gc holds it only while it checks and removes the file
+            if os.fstat(fd).st_nlink:
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise OSError(errno.EBUSY, "temp file removed by garbage collection as it was created")
+
+
 def stale_files(folder: Path, older_than_s: float) -> list[tuple[Path, int]]:
-    """Files in `folder` last written at least `older_than_s` ago, by name, with their sizes."""
+    """Files in `folder` last written at least `older_than_s` ago that no upload holds, by name,
+    with their sizes."""
     now = time.time()
     found = []
     for path in sorted(folder.iterdir()):
         stat = stat_or_none(path)
-        if stat is not None and now - stat.st_mtime >= older_than_s:
+        if stat is not None and now - stat.st_mtime >= older_than_s and unheld(path):
             found.append((path, stat.st_size))
     return found
+
+
+def unheld(path: Path) -> bool:
+    """Whether no upload holds `path` (False when it cannot be opened: it is left alone)."""
+    return _unheld(path, lambda _fd: True)
+
+
+def remove_stale(path: Path, older_than_s: float) -> bool:
+    """Remove `path` (a temp file or blob) unless an upload holds it or it was written in the last
+    `older_than_s` seconds, as a blob stored again since it was listed is; whether it was removed."""
+
+    def remove_if_old(fd: int) -> bool:
+        judged, now_there = os.fstat(fd), stat_or_none(path)
+        if time.time() - judged.st_mtime < older_than_s or now_there is None:
+            return False
+        if (now_there.st_dev, now_there.st_ino) != (judged.st_dev, judged.st_ino):
+            return False  # a blob stored again since it was opened: a new file, maybe held
+        path.unlink(missing_ok=True)
+        return True
+
+    return _unheld(path, remove_if_old)
+
+
+def _unheld(path: Path, then: Callable[[int], bool]) -> bool:
+    """`then(fd)` under `path`'s flock when no one holds it (an upload in flight does); False
+    when someone does or the file cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    try:
+        return then(fd)
+    finally:
+        os.close(fd)
