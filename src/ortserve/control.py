@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -59,7 +59,6 @@ class ControlPlane:
         # the default executor that registry reads and loads share, and at most `max_jobs` at once.
         self._max_jobs = max_jobs
         self._job_slots = threading.BoundedSemaphore(max_jobs)
-        self._jobs = ThreadPoolExecutor(max_jobs, thread_name_prefix="toolkit-job")
         self._poll_failed = on_poll_failure
         self._listen_url = listen_url
         self._listen_task: asyncio.Task[None] | None = None
@@ -92,7 +91,6 @@ class ControlPlane:
         for task in list(self._loads):
             task.cancel()
         await asyncio.gather(*self._loads, *self._drains, return_exceptions=True)
-        self._jobs.shutdown(wait=False, cancel_futures=True)
         await self.pool.aclose()
 
     async def refresh(self) -> None:
@@ -217,25 +215,33 @@ class ControlPlane:
 
     async def _job(self, work: Callable[[], T]) -> T:
         """Run `work` on a job thread; ResourceExhausted when `max_jobs` already run. The slot is
-        held until the work ends, even when the caller stops waiting (its subprocess still runs)."""
+        held until the work ends, even when the caller stops waiting (its subprocess still runs).
+        The thread is a daemon: a stopping server does not wait minutes for it, and the job's
+        subprocess dies with the process (sandbox)."""
         if not self._job_slots.acquire(blocking=False):
             raise ResourceExhausted(
                 f"{self._max_jobs} derivation or profile jobs are running on this server, its "
                 "limit (max_toolkit_jobs); retry when one has finished"
             )
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[T] = loop.create_future()
 
-        def run() -> T:
+        def run() -> None:
+            settle: Callable[[], None]
             try:
-                return work()
+                settle = functools.partial(outcome.set_result, work())
+            except BaseException as exc:
+                settle = functools.partial(outcome.set_exception, exc)
             finally:
-                self._job_slots.release()
+                self._job_slots.release()  # before the caller hears, so its next job finds the slot
+            _settle(loop, outcome, settle)
 
         try:
-            pending = asyncio.get_running_loop().run_in_executor(self._jobs, run)
+            threading.Thread(target=run, name="toolkit-job", daemon=True).start()
         except BaseException:
             self._job_slots.release()
             raise
-        return await pending
+        return await outcome
 
     async def _added(self, record: ModelVersionRecord, *, load: bool) -> VersionSlot:
         """A version just stored: into the pool here, loaded and warmed up when asked."""
@@ -343,6 +349,17 @@ class ControlPlane:
         except OrtserveError:
             return ()
         return slot.session.fallback if slot.session is not None else ()
+
+
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], set_it: Callable[[], None]) -> None:
+    """Complete `future` on its loop from another thread, unless its caller went away."""
+
+    def settle() -> None:
+        if not future.done():
+            set_it()
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+        loop.call_soon_threadsafe(settle)
 
 
 def _spawn(tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]) -> None:

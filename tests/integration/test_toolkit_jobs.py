@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -59,3 +62,50 @@ async def test_jobs_over_the_limit_are_refused_while_reads_still_answer(
         rpb.ProfileModelVersionRequest(model="linear", version=1, runs=1)
     )
     assert profiled.operators  # the slots are free again
+
+
+STOPPING = """
+import asyncio, sys, threading
+from grpc import aio
+from ortserve.api.v1 import model_pb2 as mpb, registry_service_pb2 as rpb
+from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
+from ortserve.config import ServerConfig
+from ortserve.server.app import OrtServer
+from tests import onnx_models
+from pathlib import Path
+
+async def main() -> None:
+    data = Path(sys.argv[1])
+    server = OrtServer(ServerConfig(port=0, metrics_port=0, data_dir=str(data)))
+    registry = server.parts.control.registry
+    onnx_models.linear(data.parent / "linear.onnx")
+    registry.register_file(data.parent / "linear.onnx", "linear")
+    entered = threading.Event()
+
+    def endless(*args, **kwargs):
+        entered.set()
+        threading.Event().wait()  # a job that outlives the server
+
+    registry.derive = endless
+    port = await server.start()
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        recipe = mpb.DerivationRecipe(optimize=mpb.OptimizeRecipe(level="basic"))
+        request = rpb.DeriveModelVersionRequest(model="linear", version=1, recipe=recipe)
+        call = rpb_grpc.RegistryServiceStub(channel).DeriveModelVersion(request)
+        assert await asyncio.to_thread(entered.wait, 30)
+        await server.stop(0)
+        call.cancel()
+    print("stopped", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_stopping_server_does_not_wait_for_a_running_job(tmp_path: Path) -> None:
+    # Job threads from a ThreadPoolExecutor are joined at interpreter exit: the process hung until
+    # the job ended (up to its 10 minutes).
+    done = subprocess.run(
+        [sys.executable, "-c", STOPPING, str(tmp_path / "data")], capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert b"stopped" in done.stdout
