@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ortserve.store import cache as cache_module
+from ortserve.store.digest import hash_file
 from ortserve.store.s3 import S3Store
 from tests.store.conftest import S3Server
 from tests.store.test_s3_store import blob, put, replica
@@ -41,12 +42,11 @@ def test_a_blob_evicted_while_its_digest_is_checked_is_still_returned(
 ) -> None:
     reader = _reader(s3_server, bucket, tmp_path)
     reader.local_path(blobs["a"])  # cached
-    real_hash = cache_module.hash_file
-    hooked = []
+    hooked: list[Path] = []
 
     def hash_then_fetch_another(path: Path) -> tuple[int, str]:
         """Right after a's digest is checked, another load fetches b (over the cap: a is the victim)."""
-        result = real_hash(path)
+        result = hash_file(path)
         if path.stem == blobs["a"] and not hooked:
             hooked.append(path)
             reader.local_path(blobs["b"])

@@ -134,7 +134,10 @@ class BlobCache:
                 break
             if sha256 != keep and sha256 not in self._pins:
                 self._bytes -= self._entries.pop(sha256)
-                self.path_for(sha256).unlink(missing_ok=True)
+                try:
+                    self.path_for(sha256).unlink(missing_ok=True)
+                except OSError as exc:  # the copy stays on disk, out of the count, until a restart
+                    logged("an evicted cached blob cannot be removed", exc, sha256=sha256)
                 log.info(
                     "cached_blob_evicted", sha256=sha256, cache_bytes=self._bytes, max_bytes=self.max_bytes
                 )

@@ -71,10 +71,17 @@ class FileUpload:
         # waits for a chunk being written in a thread instead of closing the descriptor under it.
         self._lock = threading.Lock()
         with writing("creating the upload's temp file", path, what):
-            self._fd: int | None = create_held(path)
-        # The flock lives as long as one descriptor of the file's open file description does: this
-        # one, after `seal` closed the writer, until the upload is committed or aborted.
-        self._hold: int | None = os.dup(self._fd)
+            fd = create_held(path)
+            try:
+                # The flock lives while one descriptor of the open file description does: this
+                # one, after `seal` closed the writer, until `release` or `abort`.
+                hold = os.dup(fd)
+            except OSError:
+                path.unlink(missing_ok=True)
+                os.close(fd)
+                raise
+        self._fd: int | None = fd
+        self._hold: int | None = hold
         self.closed = False
 
     @property
