@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from ortserve.cli import main
 from ortserve.errors import FailedPrecondition
-from ortserve.registry.db import head_revision, make_engine, upgrade
+from ortserve.registry.db import head_revision, make_engine, open_registry, upgrade
 from ortserve.registry.service import Registry
 from ortserve.store.file import FileStore
 
@@ -104,3 +104,19 @@ def test_db_gc_command_names_both_revisions_and_removes_nothing(
         f"(head {head_revision()}): run gc with the newest ortserve\n"
     )
     assert orphan.is_file()
+
+
+def test_an_older_ortserve_refuses_to_start_on_a_newer_database(url: str, engine: sa.Engine) -> None:
+    """A replica of the previous release restarting after the migration: one line naming both
+    revisions instead of Alembic's error."""
+    upgrade(engine)
+    _set_revision(engine, FUTURE)
+    with pytest.raises(FailedPrecondition) as caught:
+        open_registry(url)
+    shown = engine.url.render_as_string(hide_password=True)
+    assert str(caught.value) == (
+        f"db {shown}: the registry database is at revision {FUTURE}, newer than this ortserve "
+        f"(head {head_revision()}): run the newest ortserve"
+    )
+    with engine.connect() as conn:  # nothing was changed
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == FUTURE

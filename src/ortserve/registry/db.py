@@ -88,13 +88,16 @@ def open_registry(url: str) -> sa.Engine:
     """The registry's engine with its schema migrated; one line naming the setting and the address
     (password hidden) when the database cannot be reached at start."""
     engine = engine_for(url)
+    where = engine.url.render_as_string(hide_password=True)
     try:
         upgrade(engine)
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         engine.dispose()
-        where = engine.url.render_as_string(hide_password=True)
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         raise Unavailable(f"db {where}: cannot open the registry database ({reason})") from None
+    except FailedPrecondition as exc:
+        engine.dispose()
+        raise FailedPrecondition(f"db {where}: {exc}") from None
     return engine
 
 
@@ -116,8 +119,22 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        _check_not_newer(conn)
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+
+
+def _check_not_newer(conn: sa.Connection) -> None:
+    """Refuse a database a newer ortserve migrated (a replica of the previous release restarting
+    in a rolling upgrade), naming both revisions, instead of Alembic's own error."""
+    from alembic.runtime.migration import MigrationContext
+
+    found = MigrationContext.configure(conn).get_current_revision()
+    if found is not None and found not in known_revisions():
+        raise FailedPrecondition(
+            f"the registry database is at revision {found}, newer than this ortserve "
+            f"(head {head_revision()}): run the newest ortserve"
+        )
 
 
 def current_revision(engine: sa.Engine) -> str | None:
