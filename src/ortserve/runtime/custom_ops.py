@@ -8,6 +8,7 @@ ONNX Runtime cannot list the domains a library provides, so the operator names t
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,12 +78,27 @@ def _check_library(library: str) -> str:
 
 
 def _extensions_library() -> str | None:
+    """The onnxruntime-extensions library. Importing the package sets
+    PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python in os.environ (its cvt module), which every
+    subprocess started later would inherit (pure-Python protobuf: slower, other exception types), so
+    the environment is put back as it was."""
+    before = dict(os.environ)
     try:
         import onnxruntime_extensions
     except ImportError:
         return None
+    finally:
+        _restore_environment(before)
     path: str = onnxruntime_extensions.get_library_path()
     return path
+
+
+def _restore_environment(before: Mapping[str, str]) -> None:
+    for name in os.environ.keys() - before.keys():
+        del os.environ[name]
+    for name, value in before.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 def _digest(paths: Sequence[str]) -> str:
