@@ -1,7 +1,8 @@
-"""Loading onnxruntime-extensions leaves the process environment as it was: the package sets
+"""Loading onnxruntime-extensions leaves the process as it was: the package sets
 PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python when imported, which every subprocess started later
-(sandbox jobs, the fuzz harness under pytest) would inherit. A fresh interpreter, since the package
-edits the environment only on its first import."""
+(sandbox jobs, the fuzz harness under pytest) would inherit, and imports torch when installed. Its
+library is found without importing it. A fresh interpreter, since the package edits the environment
+only on its first import."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import pytest
 
 PROTOBUF_VARIABLE = "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"
 SCRIPT = """
-import json, os
+import json, os, sys
 before = dict(os.environ)
 from ortserve.runtime.custom_ops import load_custom_ops
 ops = load_custom_ops([], [], extensions=True)
 changed = sorted(k for k in os.environ.keys() | before.keys() if os.environ.get(k) != before.get(k))
-print(json.dumps({"domains": list(ops.domains), "changed": changed}))
+imported = sorted(m for m in ("onnxruntime_extensions", "torch") if m in sys.modules)
+import onnxruntime_extensions
+same = list(ops.libraries) == [onnxruntime_extensions.get_library_path()]
+print(json.dumps({"domains": list(ops.domains), "changed": changed, "imported": imported, "same": same}))
 """
 
 
@@ -35,4 +39,4 @@ def test_loading_the_extensions_library_leaves_the_environment_as_it_was() -> No
     )
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.splitlines()[-1])
-    assert result == {"domains": ["ai.onnx.contrib"], "changed": []}
+    assert result == {"domains": ["ai.onnx.contrib"], "changed": [], "imported": [], "same": True}

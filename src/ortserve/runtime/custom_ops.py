@@ -8,6 +8,8 @@ ONNX Runtime cannot list the domains a library provides, so the operator names t
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
+import importlib.util
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +21,8 @@ import structlog
 from ortserve.errors import InvalidInput, logged
 
 EXTENSIONS_DOMAIN = "ai.onnx.contrib"
+# The native module onnxruntime-extensions' get_library_path() returns the file of.
+_EXTENSIONS_MODULE = "_extensions_pydll"
 log = structlog.get_logger(__name__)
 
 
@@ -78,10 +82,24 @@ def _check_library(library: str) -> str:
 
 
 def _extensions_library() -> str | None:
-    """The onnxruntime-extensions library. Importing the package sets
-    PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python in os.environ (its cvt module), which every
-    subprocess started later would inherit (pure-Python protobuf: slower, other exception types), so
-    the environment is put back as it was."""
+    """The onnxruntime-extensions library: the package's native module, found without importing the
+    package, whose import pulls torch in when installed (seconds, hundreds of MB) and sets
+    PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python in os.environ."""
+    spec = importlib.util.find_spec("onnxruntime_extensions")
+    if spec is None:
+        return None
+    for folder in spec.submodule_search_locations or ():
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            candidate = Path(folder) / f"{_EXTENSIONS_MODULE}{suffix}"
+            if candidate.is_file():
+                return str(candidate)
+    return _imported_extensions_library()
+
+
+def _imported_extensions_library() -> str | None:
+    """The library path from the package's own `get_library_path` (a layout we do not know).
+    Its import changes os.environ (see above), which every subprocess started later would inherit
+    (pure-Python protobuf: slower, other exception types), so the environment is put back."""
     before = dict(os.environ)
     try:
         import onnxruntime_extensions
