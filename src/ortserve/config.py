@@ -48,6 +48,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "blob_cache_bytes": (0, 2**60),
     "optimized_model_cache_bytes": (0, 2**60),
     "max_toolkit_jobs": (1, 64),
+    "toolkit_timeout_s": (1, 86_400),
+    "toolkit_memory_bytes": (0, 2**50),
 }
 
 
@@ -98,6 +100,10 @@ class ServerConfig:
     # server, each in a limited subprocess of up to 4 GiB plus three times the model; more are
     # refused with RESOURCE_EXHAUSTED.
     max_toolkit_jobs: int = 2
+    # Limits of each such subprocess: wall time (its CPU time may reach this on every core), and
+    # address space (0: 4 GiB plus three times the model's size).
+    toolkit_timeout_s: float = 600.0
+    toolkit_memory_bytes: int = 0
     # Threads for warm-ups; 0: the machine's cores. Each loaded version also runs its batches on
     # threads of its own, one per batch it may run at once (max_concurrent_batches).
     executor_threads: int = 0

@@ -122,6 +122,20 @@ def test_gate_refusal_and_bad_requests_register_nothing(sqlite_registry: Registr
     assert [v.version for v in sqlite_registry.list_versions("m")] == [1]
 
 
+def test_toolkit_limits_are_the_configured_ones(sqlite_url: str, tmp_path: Path, linear_path: Path) -> None:
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    store = FileStore(tmp_path / "store")
+    limits = {"job_timeout_s": 0.01}
+    registry = Registry(engine, store, max_model_bytes=1 << 30, job_memory_bytes=300 << 20, **limits)
+    registry.register_file(linear_path, "m")
+    with pytest.raises(InvalidInput, match=r"derivation \(optimize extended\) timed out after 0.01 s"):
+        registry.derive("m", 1, Optimize())
+    assert registry._job_limits(registry.get_version("m", 1)).memory_bytes == 300 << 20
+    assert [v.version for v in registry.list_versions("m")] == [1]
+    engine.dispose()
+
+
 def test_static_quantization_records_the_calibration_it_used(
     sqlite_registry: Registry, linear_path: Path
 ) -> None:

@@ -129,7 +129,8 @@ def test_rollout_walkthrough(served: tuple[str, Path]) -> None:
             "models", "register", str(tmp / f"fraud-{seed}.onnx"), "--name", "fraud", "--server", address
         )
     assert (
-        "production -> version 1" in ortserve("models", "promote", "fraud", "1", "--server", address).stdout
+        "production -> version 1 (new alias)"
+        in ortserve("models", "promote", "fraud", "1", "--server", address).stdout
     )
     out = ortserve(
         "models", "traffic", "set", "fraud", "1=90", "2=10", "--sticky", "--server", address

@@ -53,6 +53,7 @@ def test_env_lists_and_default_db_url(tmp_path: Path) -> None:
         ({"ORTSERVE_GRACE_PERIOD_S": "-1"}, "grace_period_s must be a finite number >= 0, got -1.0"),
         ({"ORTSERVE_INTRA_OP_THREADS": "-2"}, "intra_op_threads must be >= 0, got -2"),
         ({"ORTSERVE_EXECUTOR_THREADS": "-1"}, "executor_threads must be >= 0, got -1"),
+        ({"ORTSERVE_TOOLKIT_TIMEOUT_S": "0.5"}, "toolkit_timeout_s must be in 1..86400, got 0.5"),
     ],
 )
 def test_bad_values_name_the_setting(environ: dict[str, str], message: str) -> None:

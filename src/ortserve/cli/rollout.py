@@ -112,8 +112,15 @@ def _promote(args: argparse.Namespace, client: Any) -> str:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     return _out(
-        args, alias, f"{args.name}: {alias.name} -> version {alias.version} (was {alias.previous_version})"
+        args,
+        alias,
+        f"{args.name}: {alias.name} -> version {alias.version} {_was(alias.previous_version)}",
     )
+
+
+def _was(previous: int) -> str:
+    """The version an alias pointed to before; 0 on the wire means it is new."""
+    return f"(was {previous})" if previous else "(new alias)"
 
 
 def ungated_warning(version: VersionInfo) -> str:

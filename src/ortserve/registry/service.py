@@ -110,6 +110,7 @@ class Registry:
         validate: Validator = validate_model,
         validation_limits: ValidationLimits | None = None,
         job_timeout_s: float = 600.0,
+        job_memory_bytes: int = 0,
         custom_op_libraries: tuple[str, ...] = (),
     ):
         self.engine = engine
@@ -126,6 +127,7 @@ class Registry:
         self._limits = validation_limits or ValidationLimits(max_model_bytes=max_model_bytes)
         # Derivation and profiling jobs run in limited children like validation, for longer.
         self._job_timeout_s = job_timeout_s
+        self._job_memory_bytes = job_memory_bytes
         self._custom_op_libraries = custom_op_libraries
 
     # -- registration -------------------------------------------------------------------------
@@ -393,8 +395,9 @@ class Registry:
             return sample_inputs.from_npz(path, f"the stored samples of version {record.version}")
 
     def _job_limits(self, record: ModelVersionRecord) -> SandboxLimits:
-        """Room for the model's source and derived copies beside ONNX Runtime's own needs."""
-        memory = self._limits.memory_bytes or 4 * GiB + 3 * record.size_bytes
+        """The configured limits; by default room for the model's source and derived copies beside
+        ONNX Runtime's own needs."""
+        memory = self._job_memory_bytes or self._limits.memory_bytes or 4 * GiB + 3 * record.size_bytes
         return SandboxLimits(memory_bytes=memory, timeout_s=self._job_timeout_s)
 
     # -- state ----------------------------------------------------------------------------------

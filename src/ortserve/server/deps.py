@@ -94,6 +94,8 @@ def build_server(config: ServerConfig, tracer_provider: Any = None) -> Component
         store,
         max_model_bytes=config.max_model_bytes,
         validate=validate,
+        job_timeout_s=config.toolkit_timeout_s,
+        job_memory_bytes=config.toolkit_memory_bytes,
         custom_op_libraries=custom_ops.libraries,
     )
     executor_threads, intra = _threads(config)
