@@ -43,7 +43,10 @@ _DTYPE_BY_ENUM = {v: k for k, v in _ENUM_BY_DTYPE.items()}
 
 def array_from_tensor(tensor: tpb.Tensor, model: str, regions: RegionLookup | None = None) -> np.ndarray:
     """The input's array: over `raw_data`, or a copy of bytes in a shared memory region of the caller."""
-    what = f"model {model!r} input {tensor.name!r}"
+    return _array(tensor, f"model {model!r} input {tensor.name!r}", regions)
+
+
+def _array(tensor: tpb.Tensor, what: str, regions: RegionLookup | None) -> np.ndarray:
     dtype = _DTYPE_BY_ENUM.get(tensor.data_type)
     if dtype is None:
         raise InvalidInput(f"{what}: data_type {tensor.data_type} is not a supported DataType")
@@ -77,12 +80,7 @@ def samples_from_pb(messages: Sequence[tpb.Tensor], what: str) -> dict[str, np.n
         name = f"{what} {tensor.name!r}"
         if tensor.name in out:
             raise InvalidInput(f"{name} is given twice")
-        dtype = _DTYPE_BY_ENUM.get(tensor.data_type)
-        if dtype is None:
-            raise InvalidInput(f"{name}: data_type {tensor.data_type} is not a supported DataType")
-        if tensor.HasField("shared_memory"):
-            raise InvalidInput(f"{name}: send the data in raw_data (shared memory is for Predict)")
-        out[tensor.name] = tensors.decode(tensor.raw_data, dtype, tensor.shape, name, text=True)
+        out[tensor.name] = _array(tensor, name, None)  # shared memory: "not available here"
     return out or None
 
 
