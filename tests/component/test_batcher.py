@@ -14,7 +14,8 @@ import pytest
 
 from ortserve.errors import DeadlineExceeded, InvalidInput, ResourceExhausted
 from ortserve.runtime.session import OrtSession
-from ortserve.scheduler.batcher import Batcher, BatcherConfig
+from ortserve.scheduler.batcher import Batcher, BatcherConfig, idle_inline
+from ortserve.scheduler.in_flight import InFlight
 from ortserve.scheduler.observer import NullObserver
 from ortserve.scheduler.stats import VersionStats
 from tests import onnx_models
@@ -349,6 +350,63 @@ async def test_a_request_finding_the_version_idle_uses_the_idle_inline_limit(
     assert (threads == [threading.get_ident()]) is on_loop
     assert (recorder.flushes == ["immediate"]) is on_loop
     await batcher.aclose()
+
+
+async def test_an_idle_version_queues_a_request_while_other_calls_wait(executor: Any) -> None:
+    """Another inference call in the server (even one whose message is not read yet) keeps a
+    request over `inline_compute_us` off the loop, idle version or not; under it, never."""
+    session = GatedSession(onnx_models.linear())
+    session.gate.set()
+    threads: list[int] = []
+    session.on_run = lambda: threads.append(threading.get_ident())
+    in_flight = InFlight()
+    settings = {
+        "max_batch_size": 8,
+        "max_queue_delay_us": 0,
+        "preferred_batch_sizes": (),
+        "max_queue_size": 1024,
+        "max_concurrent_batches": 1,
+    }
+    config = BatcherConfig(**settings, inline_compute_us=1, idle_inline_compute_us=100_000)
+    batcher = Batcher(
+        session, executor, VersionStats(), config, name="m", observer=Recorder(), in_flight=in_flight
+    )
+    for _ in range(8):  # the first batches run on a thread until the model has an estimate
+        await batcher.wait_idle()
+        await batcher.submit(linear_feeds(1), ["y"], 1, None)
+
+    async def one() -> bool:
+        await batcher.wait_idle()
+        threads.clear()
+        await batcher.submit(linear_feeds(1), ["y"], 1, None)
+        return threads == [threading.get_ident()]
+
+    assert await one()  # alone: the loop computes it
+    blocker = asyncio.get_running_loop().create_future()
+    others = [asyncio.ensure_future(blocker) for _ in range(2)]
+    for task in others:
+        in_flight.track(task)  # type: ignore[arg-type]
+    assert in_flight.others() == 1  # two counted; the asking call is one of them
+    assert not await one()  # a thread, so that the loop can read the other call meanwhile
+    blocker.set_result(None)
+    await asyncio.gather(*others)
+    assert in_flight.count == 0
+    assert await one()
+    await batcher.aclose()
+
+
+@pytest.mark.parametrize(
+    ("estimate", "others", "inline"),
+    [
+        (None, 0, False),  # not measured yet
+        (50, 3, True),  # under inline_compute_us: queued it would run on the loop all the same
+        (500, 0, True),  # under the idle limit, nobody else waiting
+        (500, 1, False),  # another call waits: queue, a thread computes while the loop reads it
+        (5000, 0, False),  # over both limits
+    ],
+)
+def test_idle_inline_rule(estimate: float | None, others: int, inline: bool) -> None:
+    assert idle_inline(estimate, (100, 1000), others) is inline
 
 
 async def test_a_flood_of_failing_batches_logs_a_bounded_number_of_lines(executor: Any) -> None:

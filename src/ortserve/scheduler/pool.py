@@ -33,6 +33,7 @@ from ortserve.runtime.session import OrtSession, SessionDefaults, create_session
 from ortserve.runtime.warmup import sample_feeds
 from ortserve.scheduler.batcher import Batcher, BatcherConfig
 from ortserve.scheduler.events import EventBus
+from ortserve.scheduler.in_flight import InFlight
 from ortserve.scheduler.observer import NullObserver, VersionObserver
 from ortserve.scheduler.routing import NO_ROUTES, ModelRoutes, choose
 from ortserve.scheduler.stats import VersionStats
@@ -105,8 +106,10 @@ class ModelPool:
             lambda record: nullcontext(record.path)
         ),
         tracer: Tracer | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self._clock = clock
+        self.in_flight = in_flight  # the server's inference calls, for the batchers' idle path
         self._tracer = tracer  # OpenTelemetry, when tracing is configured
         # The model file of a version on this machine, fetched from the model store where needed
         # and kept (pinned in the blob cache) while the session reads it; blocking, so it runs in a
@@ -328,6 +331,7 @@ class ModelPool:
             name=f"model {record.model!r} version {record.version}",
             observer=slot.observer,
             tracer=self._batch_tracer(record),
+            in_flight=self.in_flight,
         )
         slot.last_used = time.monotonic()
         slot.observer.loaded(session.requested, session.providers, session.fallback)

@@ -31,6 +31,7 @@ from ortserve.runtime.custom_ops import load_custom_ops
 from ortserve.runtime.load_cache import LoadCache
 from ortserve.runtime.session import SessionDefaults, check_providers
 from ortserve.runtime.validation import validate_model
+from ortserve.scheduler.in_flight import InFlight
 from ortserve.scheduler.inference import InferenceCore
 from ortserve.scheduler.pool import ModelPool
 from ortserve.server import soak_leak
@@ -115,6 +116,7 @@ def build_server(config: ServerConfig, tracer_provider: Any = None) -> Component
         load_cache,
         trt_cache_dir=str(Path(config.data_dir) / "trt-engines"),
     )
+    in_flight = InFlight()  # unary inference calls: counted by the interceptor, read by batchers
     pool = ModelPool(
         executor,
         defaults,
@@ -123,6 +125,7 @@ def build_server(config: ServerConfig, tracer_provider: Any = None) -> Component
         inline_compute_us=config.inline_compute_us,
         blob_path=lambda record: store.pinned(record.sha256),
         tracer=tracer_provider.get_tracer("ortserve.scheduler") if tracer_provider else None,
+        in_flight=in_flight,
     )
     metrics.watch_pool(pool)
     health = Health(pool, SERVICE_NAMES)
@@ -147,7 +150,7 @@ def build_server(config: ServerConfig, tracer_provider: Any = None) -> Component
     failures = Failures(metrics.stream_message_failed, failures_log)
     server = aio.server(
         interceptors=[
-            RpcInterceptor(metrics, failures, auth, _rpc_tracing(tracer_provider)),
+            RpcInterceptor(metrics, failures, auth, _rpc_tracing(tracer_provider), in_flight),
             *soak_leak.interceptors(),
         ],
         options=server_options(config),

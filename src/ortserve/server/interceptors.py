@@ -3,6 +3,7 @@ line, metrics. A request message that does not parse is INVALID_ARGUMENT naming 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,6 +14,7 @@ import structlog
 from grpc import aio
 
 from ortserve.errors import InvalidInput
+from ortserve.scheduler.in_flight import InFlight
 from ortserve.server.auth import TokenAuth
 from ortserve.server.failures import Failures
 from ortserve.server.metrics import Metrics
@@ -30,6 +32,11 @@ HOT_METHODS = frozenset(
         "/inference.GRPCInferenceService/ModelStreamInfer",
     }
 )
+# Counted in the server's InFlight from the moment gRPC hands them over (a stream, open for long
+# and mostly idle, is not counted: its messages queue behind each other anyway).
+UNARY_INFERENCE = frozenset(
+    {"/ortserve.api.v1.InferenceService/Predict", "/inference.GRPCInferenceService/ModelInfer"}
+)
 
 
 class RpcInterceptor(aio.ServerInterceptor):
@@ -41,7 +48,9 @@ class RpcInterceptor(aio.ServerInterceptor):
         failures: Failures,
         auth: TokenAuth | None = None,
         tracing: RpcTracing | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
+        self._in_flight = in_flight
         self._metrics = metrics
         self._failures = failures
         self._auth = auth
@@ -54,6 +63,10 @@ class RpcInterceptor(aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         method: str = details.method
+        if self._in_flight is not None and method in UNARY_INFERENCE:
+            task = asyncio.current_task()  # the call's own task: gRPC awaits interceptors in it
+            if task is not None:
+                self._in_flight.track(task)
         cached = self._wrapped.get(method)
         if cached is not None:
             return cached
