@@ -56,7 +56,7 @@ class Outcome:
     cpu_ns: int  # the computing thread's own CPU time
 
 
-IDLE_INLINE_FACTOR = 4
+IDLE_INLINE_FACTOR = 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
