@@ -15,7 +15,8 @@ import pytest
 from ortserve.api.inference import grpc_service_pb2 as oip
 from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.bench import loadgen
-from ortserve.bench.stats import latency_summary, percentile, server_timing, summarize
+from ortserve.bench.processes import shares
+from ortserve.bench.stats import Samples, latency_summary, merge_results, percentile, server_timing, summarize
 from ortserve.errors import InvalidInput
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +92,108 @@ def test_server_timing() -> None:
         8,
     )
     assert t.compute_us_p50 == 200
+
+
+def _child_result(
+    latencies_ms: list[int], errors: dict[str, int], window: tuple[float, float], elapsed_s: float
+) -> tuple[dict[str, object], Samples]:
+    """A child's result as measure() makes it (processes=1), with the samples behind it."""
+    samples = Samples(
+        [ms * 1_000_000 for ms in latencies_ms],
+        [10] * len(latencies_ms),
+        [100] * len(latencies_ms),
+        [2] * len(latencies_ms),
+    )
+    summary = summarize(
+        samples.latencies_ns,
+        elapsed_s,
+        rows_per_request=4,
+        errors_by_code=errors,
+        server=server_timing(samples.queue_us, samples.compute_us, samples.batch_sizes),
+    )
+    result: dict[str, object] = {
+        "protocol": "oip",
+        "concurrency": 2,
+        "processes": 1,
+        "streams": None,
+        "requests_target": len(latencies_ms) + sum(errors.values()),
+        **summary.as_dict(),
+        "window_unix": list(window),
+        "client_cpu_cores": 0.5,
+    }
+    return result, samples
+
+
+def test_merge_results_sums_counts_and_takes_percentiles_over_all_samples() -> None:
+    fast, fast_samples = _child_result([1] * 90, {"UNAVAILABLE": 1}, (100.0, 110.0), 10.0)
+    slow, slow_samples = _child_result([100] * 10, {"UNAVAILABLE": 2, "INTERNAL": 1}, (101.0, 112.0), 12.0)
+    merged = merge_results([fast, slow], [fast_samples, slow_samples])
+    assert list(merged) == [*fast, "by_process"]  # the child's keys, in order, plus the breakdown
+    assert (merged["requests"], merged["errors"], merged["processes"]) == (100, 4, 2)
+    assert merged["errors_by_code"] == {"INTERNAL": 1, "UNAVAILABLE": 3}
+    assert (merged["concurrency"], merged["requests_target"], merged["streams"]) == (4, 104, None)
+    assert merged["throughput_rps"] == pytest.approx(90 / 10 + 10 / 12)
+    assert merged["rows_per_s"] == pytest.approx(4 * (90 / 10 + 10 / 12))
+    assert merged["elapsed_s"] == 11.0
+    assert merged["window_unix"] == [101.0, 110.0]
+    assert merged["client_cpu_cores"] == 1.0
+    # over all 100 latencies: p50 is fast, p99 slow; averaging the children's p50s would give 50.5 ms
+    assert merged["latency_ms"]["p50"] == 1.0
+    assert merged["latency_ms"]["p99"] == 100.0
+    assert merged["latency_ms"]["mean"] == pytest.approx(10.9)
+    assert merged["server"]["samples"] == 100
+    assert [p["requests"] for p in merged["by_process"]] == [90, 10]
+
+
+def test_merge_results_keeps_unknowns_unknown() -> None:
+    first, first_samples = _child_result([], {"UNAVAILABLE": 2}, (1.0, 2.0), 1.0)
+    second, second_samples = _child_result([], {}, (1.0, 2.0), 1.0)
+    first["client_cpu_cores"] = None
+    first["requests_target"] = second["requests_target"] = None
+    merged = merge_results([first, second], [first_samples, second_samples])
+    assert merged["client_cpu_cores"] is None and merged["requests_target"] is None
+    assert merged["latency_ms"]["p50"] is None and merged["server"] is None
+    with pytest.raises(ValueError, match="one Samples per result"):
+        merge_results([first], [])
+
+
+def test_shares_split_the_load_evenly() -> None:
+    options = loadgen.BenchOptions(
+        "h:1",
+        "m",
+        protocol="ortserve-stream",
+        concurrency=7,
+        streams=5,
+        requests=10,
+        duration_s=None,
+        seed=3,
+        processes=3,
+    )
+    parts = shares(options)
+    assert [p.concurrency for p in parts] == [3, 2, 2]
+    assert [p.streams for p in parts] == [2, 2, 1]
+    assert [p.requests for p in parts] == [4, 3, 3]
+    assert [p.seed for p in parts] == [3, 4, 5]
+    assert {p.processes for p in parts} == {1}
+
+
+def test_processes_need_a_share_each() -> None:
+    with pytest.raises(InvalidInput, match="--processes 3 exceeds --concurrency 2"):
+        loadgen.BenchOptions("h:1", "m", concurrency=2, processes=3)
+    with pytest.raises(InvalidInput, match="exceeds --streams 2"):
+        loadgen.BenchOptions("h:1", "m", protocol="ortserve-stream", concurrency=8, streams=2, processes=3)
+    with pytest.raises(InvalidInput, match="exceeds --requests 2"):
+        loadgen.BenchOptions("h:1", "m", concurrency=8, requests=2, duration_s=None, processes=3)
+    with pytest.raises(InvalidInput, match=">= 1"):
+        loadgen.BenchOptions("h:1", "m", processes=0)
+
+
+def test_text_output_names_the_processes() -> None:
+    result, _ = _child_result([1, 2], {}, (1.0, 2.0), 1.0)
+    result.update(model="m", target="h:1", batch_rows=4, server=None)
+    assert "from" not in loadgen.format_text(result)
+    result["processes"] = 2
+    assert "concurrency 2 from 2 processes, 4 rows/request" in loadgen.format_text(result)
 
 
 def test_input_spec_parse_and_concrete_shape() -> None:

@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
 from typing import Any, TextIO
@@ -31,7 +31,7 @@ from ortserve.api.inference import grpc_service_pb2 as oip
 from ortserve.api.inference import grpc_service_pb2_grpc as oip_grpc
 from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.api.v1 import tensor_pb2 as tpb
-from ortserve.bench.stats import Summary, server_timing, summarize
+from ortserve.bench.stats import Samples, Summary, server_timing, summarize
 from ortserve.cli.bench import PROTOCOLS
 from ortserve.errors import InvalidInput, Unavailable
 
@@ -88,6 +88,7 @@ class BenchOptions:
     timeout_s: float = 30.0
     seed: int = 0
     progress: bool = False
+    processes: int = 1
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -108,6 +109,18 @@ class BenchOptions:
             raise InvalidInput(
                 "the echo protocol needs --input NAME:DTYPE:DIMS (the echo server has no models)"
             )
+        self._check_processes()
+
+    def _check_processes(self) -> None:
+        """Each process carries a share of the load, so none may be left without one."""
+        if self.processes < 1:
+            raise InvalidInput(f"--processes must be >= 1, got {self.processes}")
+        shares = [("--concurrency", self.concurrency), ("--requests", self.requests)]
+        if self.protocol == "ortserve-stream":
+            shares.append(("--streams", self.streams))
+        for flag, total in shares:
+            if total is not None and self.processes > total:
+                raise InvalidInput(f"--processes {self.processes} exceeds {flag} {total}: each needs a share")
 
 
 def random_inputs(specs: Sequence[InputSpec], rows: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -454,6 +467,18 @@ async def _predict_payload(
 
 async def run_bench(options: BenchOptions, progress_out: TextIO | None = None) -> dict[str, Any]:
     """Run one load test; the result is JSON-ready."""
+    result, _samples = await measure(options, progress_out)
+    return result
+
+
+async def measure(
+    options: BenchOptions,
+    progress_out: TextIO | None = None,
+    connected: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[dict[str, Any], Samples]:
+    """Run one load test: the result and its raw samples (so that several processes' runs merge
+    into exact percentiles). `connected` is awaited once the channel is ready and the request built,
+    before any load: the rendezvous that lines up the measured windows of several processes."""
     channel_options = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -466,42 +491,15 @@ async def run_bench(options: BenchOptions, progress_out: TextIO | None = None) -
         specs = options.inputs or await fetch_specs(channel, options)
         feeds = random_inputs(specs, options.batch_rows, options.seed)
         run = _Run(count_mode=options.requests is not None, budget=options.requests or 0)
+        payload, shared = await _payload(options, channel, feeds)
         tasks: list[asyncio.Task[None]] = []
-        shared = None
-        if options.protocol == "oip":
-            payload = model_infer_request(options.model, options.version, feeds)
-            infer: Any = channel.unary_unary(
-                _MODEL_INFER, request_serializer=None, response_deserializer=oip.ModelInferResponse.FromString
-            )
-            tasks = [
-                asyncio.create_task(_unary_worker(infer, payload, run, options.timeout_s, None))
-                for _ in range(options.concurrency)
-            ]
-        elif options.protocol == "ortserve-stream":
-            payload = predict_request(options.model, options.version, feeds)
-            base, extra = divmod(options.concurrency, options.streams)
-            tasks = [
-                asyncio.create_task(
-                    _Stream(channel, payload, base + (1 if i < extra else 0), run, options.timeout_s).run()
-                )
-                for i in range(options.streams)
-            ]
-        else:
-            payload, shared = await _predict_payload(options, channel, feeds)
-            predict: Any = channel.unary_unary(
-                _PREDICT, request_serializer=None, response_deserializer=ipb.PredictResponse.FromString
-            )
-
-            def on_response(response: ipb.PredictResponse) -> None:
-                run.timing(response.timing)
-
-            tasks = [
-                asyncio.create_task(_unary_worker(predict, payload, run, options.timeout_s, on_response))
-                for _ in range(options.concurrency)
-            ]
-        window = _Window()
-        ticker = asyncio.create_task(_progress(run, progress_out, window)) if progress_out else None
+        ticker = None
         try:
+            if connected is not None:
+                await connected()
+            tasks = _start_workers(options, channel, payload, run)
+            window = _Window()
+            ticker = asyncio.create_task(_progress(run, progress_out, window)) if progress_out else None
             await _phases(options, run, tasks, window)
         finally:
             if ticker is not None:
@@ -517,17 +515,60 @@ async def run_bench(options: BenchOptions, progress_out: TextIO | None = None) -
             if shared is not None:
                 await shared.close(channel)
         elapsed = window.elapsed
+    samples = Samples(run.latencies, run.queue_us, run.compute_us, run.batch_sizes)
     summary = summarize(
-        run.latencies,
+        samples.latencies_ns,
         elapsed if elapsed > 0 else 1e-9,
         rows_per_request=options.batch_rows,
         errors_by_code=run.errors,
-        server=server_timing(run.queue_us, run.compute_us, run.batch_sizes),
+        server=server_timing(samples.queue_us, samples.compute_us, samples.batch_sizes),
     )
     result = _result(options, specs, payload, summary)
     result["window_unix"] = [window.start_unix, window.end_unix]
     result["client_cpu_cores"] = (window.cpu_end - window.cpu_start) / elapsed if elapsed > 0 else None
-    return result
+    return result, samples
+
+
+async def _payload(
+    options: BenchOptions, channel: aio.Channel, feeds: dict[str, np.ndarray]
+) -> tuple[bytes, SharedFeeds | None]:
+    """The one pre-serialized request of the run (and its shared memory region for ortserve-shm)."""
+    if options.protocol == "oip":
+        return model_infer_request(options.model, options.version, feeds), None
+    return await _predict_payload(options, channel, feeds)
+
+
+def _start_workers(
+    options: BenchOptions, channel: aio.Channel, payload: bytes, run: _Run
+) -> list[asyncio.Task[None]]:
+    """The tasks that keep `options.concurrency` requests in flight; warm-up starts with them."""
+    if options.protocol == "oip":
+        infer: Any = channel.unary_unary(
+            _MODEL_INFER, request_serializer=None, response_deserializer=oip.ModelInferResponse.FromString
+        )
+        return [
+            asyncio.create_task(_unary_worker(infer, payload, run, options.timeout_s, None))
+            for _ in range(options.concurrency)
+        ]
+    if options.protocol == "ortserve-stream":
+        base, extra = divmod(options.concurrency, options.streams)
+        return [
+            asyncio.create_task(
+                _Stream(channel, payload, base + (1 if i < extra else 0), run, options.timeout_s).run()
+            )
+            for i in range(options.streams)
+        ]
+    predict: Any = channel.unary_unary(
+        _PREDICT, request_serializer=None, response_deserializer=ipb.PredictResponse.FromString
+    )
+
+    def on_response(response: ipb.PredictResponse) -> None:
+        run.timing(response.timing)
+
+    return [
+        asyncio.create_task(_unary_worker(predict, payload, run, options.timeout_s, on_response))
+        for _ in range(options.concurrency)
+    ]
 
 
 async def _phases(options: BenchOptions, run: _Run, tasks: list[asyncio.Task[None]], window: _Window) -> None:
@@ -575,6 +616,7 @@ def _result(
         "model": options.model,
         "version": options.version,
         "concurrency": options.concurrency,
+        "processes": options.processes,
         "streams": options.streams if options.protocol == "ortserve-stream" else None,
         "batch_rows": options.batch_rows,
         "warmup_s": options.warmup_s,
@@ -606,7 +648,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         inputs=tuple(InputSpec.parse(s) for s in args.input),
         timeout_s=args.timeout,
         seed=args.seed,
-        progress=progress,
+        progress=progress and args.processes == 1,
+        processes=args.processes,
     )
 
 
@@ -620,6 +663,7 @@ def format_text(result: dict[str, Any]) -> str:
     lines = [
         f"{result['protocol']} {result['model']} @ {result['target']}: concurrency {result['concurrency']}"
         + (f" over {result['streams']} streams" if result["streams"] else "")
+        + (f" from {result['processes']} processes" if result.get("processes", 1) > 1 else "")
         + f", {result['batch_rows']} rows/request",
         f"  requests   {result['requests']} ok, {result['errors']} errors in {result['elapsed_s']:.2f} s",
         f"  throughput {result['throughput_rps']:.1f} req/s, {result['rows_per_s']:.1f} rows/s",
@@ -640,11 +684,19 @@ def format_text(result: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of `ortserve bench`; exit status 1 when any request failed."""
+    from ortserve.bench.processes import LoadProcessFailed, run_processes
+
     options = options_from_args(args)
     try:
-        result = asyncio.run(run_bench(options, sys.stderr if options.progress else None))
+        if options.processes > 1:
+            result = run_processes(options)
+        else:
+            result = asyncio.run(run_bench(options, sys.stderr if options.progress else None))
     except aio.AioRpcError as exc:  # before the run starts (signature lookup) or a crashed worker
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except LoadProcessFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result) if args.json else format_text(result))
     return 1 if result["errors"] else 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -119,3 +119,65 @@ def summarize(
         server=server,
         extra=dict(extra or {}),
     )
+
+
+@dataclass(slots=True)
+class Samples:
+    """The raw measurements behind one run's summary: what merging several runs needs, since
+    percentiles of percentiles are not percentiles."""
+
+    latencies_ns: list[int] = field(default_factory=list)
+    queue_us: list[int] = field(default_factory=list)
+    compute_us: list[int] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+def merge_results(results: Sequence[Mapping[str, Any]], samples: Sequence[Samples]) -> dict[str, Any]:
+    """One result from the runs of several load processes over the same window.
+
+    Counts, throughputs and client CPU add up; latency percentiles and the server block are
+    computed again over all raw samples; the window is where all runs measured at once; elapsed_s is
+    the mean. The per-process counts stay under "by_process", to show how evenly the load spread.
+    """
+    if not results or len(results) != len(samples):
+        raise ValueError(f"need one Samples per result, got {len(results)} results, {len(samples)} samples")
+    errors: dict[str, int] = {}
+    for result in results:
+        for code, n in result["errors_by_code"].items():
+            errors[code] = errors.get(code, 0) + n
+    summary = Summary(
+        requests=sum(r["requests"] for r in results),
+        errors=sum(errors.values()),
+        errors_by_code=dict(sorted(errors.items())),
+        elapsed_s=sum(r["elapsed_s"] for r in results) / len(results),
+        throughput_rps=sum(r["throughput_rps"] for r in results),
+        rows_per_s=sum(r["rows_per_s"] for r in results),
+        latency_ms=latency_summary([x for s in samples for x in s.latencies_ns]),
+        server=server_timing(*(_joined(samples, name) for name in ("queue_us", "compute_us", "batch_sizes"))),
+    )
+    merged = {**results[0], **summary.as_dict()}
+    merged["concurrency"] = sum(r["concurrency"] for r in results)
+    merged["processes"] = len(results)
+    merged["streams"] = _sum_or_none(r["streams"] for r in results)
+    merged["requests_target"] = _sum_or_none(r["requests_target"] for r in results)
+    merged["window_unix"] = [
+        max(r["window_unix"][0] for r in results),
+        min(r["window_unix"][1] for r in results),
+    ]
+    merged["client_cpu_cores"] = _sum_or_none(r["client_cpu_cores"] for r in results)
+    merged["by_process"] = [
+        {key: r[key] for key in ("concurrency", "requests", "errors", "throughput_rps")} for r in results
+    ]
+    return merged
+
+
+def _joined(samples: Sequence[Samples], name: str) -> list[int]:
+    return [x for s in samples for x in getattr(s, name)]
+
+
+def _sum_or_none(values: Iterable[float | None]) -> float | None:
+    """The sum, or None when any part is unknown (a count or core figure of only some processes)."""
+    items = list(values)
+    if any(value is None for value in items):
+        return None
+    return sum(value for value in items if value is not None)

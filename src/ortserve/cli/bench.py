@@ -22,6 +22,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--streams", type=int, default=1, help="streams for ortserve-stream (C/S in flight on each)"
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="P",
+        help="run the load from P processes, each with its own connection and a share of -c, --streams "
+        "and -n (for a server with --workers: the kernel spreads connections, not requests); "
+        "no progress line when P > 1",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("-d", "--duration", type=float, help="seconds to measure (default 10)")
     mode.add_argument("-n", "--requests", type=int, help="measure this many requests instead of a duration")
