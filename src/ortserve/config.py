@@ -119,7 +119,7 @@ class ServerConfig:
     inline_compute_us: int = 100
     # Python's switch interval (process-wide): how long the event loop may keep the GIL while a
     # thread that finished a batch waits for it to hand back results. Python's default is 5000.
-    gil_switch_interval_us: int = 500
+    gil_switch_interval_us: int = 100
     # Evict unreferenced versions, least recently used first, above this much memory; 0: no limit.
     memory_budget_bytes: int = 0
     # Register the example models when the registry is empty.
