@@ -67,7 +67,9 @@ def executor() -> Any:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def make(session: Any, executor: Any, **overrides: Any) -> tuple[Batcher, Recorder]:
+def make(
+    session: Any, executor: Any, in_flight: InFlight | None = None, **overrides: Any
+) -> tuple[Batcher, Recorder]:
     settings = {
         "max_batch_size": 8,
         "max_queue_delay_us": 0,
@@ -84,6 +86,7 @@ def make(session: Any, executor: Any, **overrides: Any) -> tuple[Batcher, Record
         BatcherConfig(**settings),
         name="model 'm' version 1",
         observer=recorder,
+        in_flight=in_flight,
     )
     return batcher, recorder
 
@@ -360,17 +363,7 @@ async def test_an_idle_version_queues_a_request_while_other_calls_wait(executor:
     threads: list[int] = []
     session.on_run = lambda: threads.append(threading.get_ident())
     in_flight = InFlight()
-    settings = {
-        "max_batch_size": 8,
-        "max_queue_delay_us": 0,
-        "preferred_batch_sizes": (),
-        "max_queue_size": 1024,
-        "max_concurrent_batches": 1,
-    }
-    config = BatcherConfig(**settings, inline_compute_us=1, idle_inline_compute_us=100_000)
-    batcher = Batcher(
-        session, executor, VersionStats(), config, name="m", observer=Recorder(), in_flight=in_flight
-    )
+    batcher, _ = make(session, executor, in_flight, inline_compute_us=1, idle_inline_compute_us=100_000)
     for _ in range(8):  # the first batches run on a thread until the model has an estimate
         await batcher.wait_idle()
         await batcher.submit(linear_feeds(1), ["y"], 1, None)
