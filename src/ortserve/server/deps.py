@@ -41,7 +41,7 @@ from ortserve.server.failures import Failures
 from ortserve.server.health import Health
 from ortserve.server.http import HttpServer
 from ortserve.server.inference_servicer import InferenceServicer
-from ortserve.server.interceptors import RpcInterceptor
+from ortserve.server.interceptors import Registrar, RpcInterceptor
 from ortserve.server.metrics import Metrics
 from ortserve.server.oip_servicer import OipServicer
 from ortserve.server.registry_servicer import RegistryServicer
@@ -148,18 +148,19 @@ def build_server(config: ServerConfig, tracer_provider: Any = None) -> Component
     )
     failures_log = BoundedLog(structlog.get_logger("ortserve.rpc").warning)
     failures = Failures(metrics.stream_message_failed, failures_log)
+    rpc = RpcInterceptor(metrics, failures, auth, _rpc_tracing(tracer_provider), in_flight)
     server = aio.server(
-        interceptors=[
-            RpcInterceptor(metrics, failures, auth, _rpc_tracing(tracer_provider), in_flight),
-            *soak_leak.interceptors(),
-        ],
+        handlers=[rpc],
+        interceptors=soak_leak.interceptors() or None,
         options=server_options(config),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )
-    ipb_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(core, failures), server)
-    rpb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(control, core), server)
-    oip_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(core, control, failures), server)
-    _add_health_and_reflection(server, health, config)
+    # Every service registers through the interceptor (it stands in for the server), never unwrapped.
+    services: Any = rpc.registrar()
+    ipb_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(core, failures), services)
+    rpb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(control, core), services)
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(core, control, failures), services)
+    _add_health_and_reflection(services, health, config)
     return Components(config, server, control, core, health, metrics, executor, tracer_provider, auth)
 
 
@@ -231,7 +232,7 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     )
 
 
-def _add_health_and_reflection(server: aio.Server, health: Health, config: ServerConfig) -> None:
+def _add_health_and_reflection(server: Registrar, health: Health, config: ServerConfig) -> None:
     from grpc_health.v1 import health_pb2_grpc
 
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)

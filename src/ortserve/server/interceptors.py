@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -39,8 +39,15 @@ UNARY_INFERENCE = frozenset(
 )
 
 
-class RpcInterceptor(aio.ServerInterceptor):
-    """Wraps each method's handler once (cached by method name), for all four arities."""
+class RpcInterceptor(grpc.GenericRpcHandler):
+    """Wraps each method's handler once (cached by method name), for all four arities.
+
+    It is the server's one generic handler: the services register into it through `registrar()`,
+    never on the server itself, so no handler can be reached unwrapped. gRPC asks `service` for
+    every call, in the call's own task, before reading its message. (It was an aio
+    ServerInterceptor: gRPC then runs a chain of coroutines per call, which cost 0.15-0.25 ms of
+    latency per call at 1 in flight on `tiny`, 1.1-1.3x the throughput without it.)
+    """
 
     def __init__(
         self,
@@ -56,26 +63,28 @@ class RpcInterceptor(aio.ServerInterceptor):
         self._auth = auth
         self._tracing = tracing
         self._wrapped: dict[str, Handler] = {}
+        self._services: list[grpc.GenericRpcHandler] = []
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
+    def registrar(self) -> Registrar:
+        """What the generated add_*_to_server functions (and health, reflection) register into."""
+        return Registrar(self._services)
+
+    def service(self, details: grpc.HandlerCallDetails) -> Handler | None:
         method: str = details.method
         if self._in_flight is not None and method in UNARY_INFERENCE:
-            task = asyncio.current_task()  # the call's own task: gRPC awaits interceptors in it
+            task = asyncio.current_task()  # the call's own task: gRPC asks for its handler in it
             if task is not None:
                 self._in_flight.track(task)
         cached = self._wrapped.get(method)
         if cached is not None:
             return cached
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = wrapped
-        return wrapped
+        for services in self._services:
+            handler = services.service(details)
+            if handler is not None:
+                wrapped = self._wrap(method, handler)
+                self._wrapped[method] = wrapped
+                return wrapped
+        return None
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
         kwargs = {
@@ -160,6 +169,21 @@ class RpcInterceptor(aio.ServerInterceptor):
         emit("rpc", method=method, code=code.name, duration_ms=round(elapsed * 1000, 3))
 
 
+class Registrar:
+    """Stands in for the server when services register: keeps their generic handlers for
+    RpcInterceptor. Registered-method handlers are the same handlers again (gRPC's faster lookup
+    for them would bypass the wrapping): they are not passed on."""
+
+    def __init__(self, services: list[grpc.GenericRpcHandler]) -> None:
+        self._services = services
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._services.extend(handlers)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
+        """Ignored: the generic handler registered with them serves the same methods."""
+
+
 class _Unparsed:
     """What a request deserializer returns for bytes that are not a valid message."""
 
@@ -208,4 +232,4 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
-__all__ = ["RpcInterceptor"]
+__all__ = ["Registrar", "RpcInterceptor"]
