@@ -237,10 +237,12 @@ def _add_health_and_reflection(server: Registrar, health: Health, config: Server
 
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     if config.reflection:
-        from grpc_reflection.v1alpha import reflection
+        from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
+        # The asyncio servicer, named: enable_server_reflection picks it only for an aio.Server.
+        names = (*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(names), server
         )
 
 
