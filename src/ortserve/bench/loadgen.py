@@ -123,6 +123,12 @@ class BenchOptions:
                 raise InvalidInput(f"--processes {self.processes} exceeds {flag} {total}: each needs a share")
 
 
+def even_shares(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` shares as even as possible, the first ones taking the remainder."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
 def random_inputs(specs: Sequence[InputSpec], rows: int, seed: int = 0) -> dict[str, np.ndarray]:
     """One request's worth of random data per input, made once."""
     rng = np.random.default_rng(seed)
@@ -551,12 +557,9 @@ def _start_workers(
             for _ in range(options.concurrency)
         ]
     if options.protocol == "ortserve-stream":
-        base, extra = divmod(options.concurrency, options.streams)
         return [
-            asyncio.create_task(
-                _Stream(channel, payload, base + (1 if i < extra else 0), run, options.timeout_s).run()
-            )
-            for i in range(options.streams)
+            asyncio.create_task(_Stream(channel, payload, share, run, options.timeout_s).run())
+            for share in even_shares(options.concurrency, options.streams)
         ]
     predict: Any = channel.unary_unary(
         _PREDICT, request_serializer=None, response_deserializer=ipb.PredictResponse.FromString

@@ -23,7 +23,7 @@ from typing import Any
 
 from grpc import aio
 
-from ortserve.bench.loadgen import BenchOptions, measure
+from ortserve.bench.loadgen import BenchOptions, even_shares, measure
 from ortserve.bench.stats import Samples, merge_results
 from ortserve.errors import OrtserveError
 
@@ -41,17 +41,15 @@ def shares(options: BenchOptions) -> list[BenchOptions]:
     """Each process's options: concurrency, streams and request count split as evenly as possible
     (the first ones take the remainder), the seed offset by the process's index."""
     n = options.processes
-
-    def part(total: int, i: int) -> int:
-        base, extra = divmod(total, n)
-        return base + (1 if i < extra else 0)
-
+    concurrency = even_shares(options.concurrency, n)
+    streams = even_shares(options.streams, n) if options.protocol == "ortserve-stream" else None
+    requests = None if options.requests is None else even_shares(options.requests, n)
     return [
         dataclasses.replace(
             options,
-            concurrency=part(options.concurrency, i),
-            streams=part(options.streams, i) if options.protocol == "ortserve-stream" else options.streams,
-            requests=None if options.requests is None else part(options.requests, i),
+            concurrency=concurrency[i],
+            streams=options.streams if streams is None else streams[i],
+            requests=None if requests is None else requests[i],
             seed=options.seed + i,
             progress=False,
             processes=1,

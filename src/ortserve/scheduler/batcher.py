@@ -128,9 +128,10 @@ class Batcher:
         self._batching = config.max_batch_size > 1
         self._inline_ns = config.inline_compute_us * 1000
         idle_us = config.idle_inline_compute_us
-        self._idle_inline_ns = (
-            config.inline_compute_us * IDLE_INLINE_FACTOR if idle_us is None else idle_us
-        ) * 1000
+        if idle_us is None:
+            idle_us = config.inline_compute_us * IDLE_INLINE_FACTOR
+        idle_inline_ns = idle_us * 1000
+        self._inline_limits = (self._inline_ns, idle_inline_ns)  # for idle_inline, built once
         self.latency = LatencyModel()  # wall time per batch size, wherever the batch ran
         # What a batch would cost the event loop: the computing thread's own CPU time. A
         # thread's wall time also counts its waits for the GIL while the loop is busy; judging
@@ -172,8 +173,7 @@ class Batcher:
         """Queue one request and wait for its share of a batch's outputs."""
         if self._inline_ns and not self._queue.depth and not self._workers and not self._closed:
             others = self._in_flight.others() if self._in_flight is not None else 0
-            limits = (self._inline_ns, self._idle_inline_ns)
-            if idle_inline(self._loop_cost.estimate(rows), limits, others):
+            if idle_inline(self._loop_cost.estimate(rows), self._inline_limits, others):
                 return self._run_now(feeds, outputs, rows)
         request = self._admit(feeds, outputs, rows, deadline)
         with self._lock:

@@ -24,19 +24,15 @@ if TYPE_CHECKING:
     from ortserve.server.tracing import RpcTracing
 
 log = structlog.get_logger("ortserve.rpc")
-HOT_METHODS = frozenset(
-    {
-        "/ortserve.api.v1.InferenceService/Predict",
-        "/ortserve.api.v1.InferenceService/PredictStream",
-        "/inference.GRPCInferenceService/ModelInfer",
-        "/inference.GRPCInferenceService/ModelStreamInfer",
-    }
-)
 # Counted in the server's InFlight from the moment gRPC hands them over (a stream, open for long
 # and mostly idle, is not counted: its messages queue behind each other anyway).
 UNARY_INFERENCE = frozenset(
     {"/ortserve.api.v1.InferenceService/Predict", "/inference.GRPCInferenceService/ModelInfer"}
 )
+HOT_METHODS = UNARY_INFERENCE | {
+    "/ortserve.api.v1.InferenceService/PredictStream",
+    "/inference.GRPCInferenceService/ModelStreamInfer",
+}
 
 
 class RpcInterceptor(grpc.GenericRpcHandler):
