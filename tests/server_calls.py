@@ -1,11 +1,12 @@
 """Blocking calls to a server process (tests/integration/processes.py): connect, register in chunks,
-predict, and read versions and aliases; of the model `MODEL` unless told otherwise."""
+predict, and read versions and aliases; of the model `MODEL` unless told otherwise. `upload` awaits a
+RegisterModel made over a blocking channel, for asyncio tests."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
+from ortserve.client.aio import awaited
 from ortserve.client.client import to_tensor
 from ortserve.store import hash_file
 from tests.integration.processes import ServerProcess
@@ -60,6 +62,20 @@ def chunks(path: Path) -> Iterator[rpb.RegisterModelRequest]:
 def register(conn: Connection, path: Path, name: str = MODEL) -> mpb.ModelVersion:
     response = conn.registry.RegisterModel(iter([manifest(path, name), *chunks(path)]), timeout=60)
     return response.version
+
+
+async def upload(
+    address: str, messages: Iterable[rpb.RegisterModelRequest], deadline_s: float = 60
+) -> rpb.RegisterModelResponse:
+    """RegisterModel with `messages`, sent over a blocking channel and awaited; failures raise AioRpcError.
+
+    Tests whose server refuses an upload part way use this, not an asyncio stub: grpc.aio's client
+    replaces the server's status with INTERNAL "Internal error from Core" when the server ends the
+    call while a message is being written (grpc/grpc#36066). `messages` run on gRPC's request thread.
+    """
+    with grpc.insecure_channel(address) as channel:
+        call = rpb_grpc.RegistryServiceStub(channel).RegisterModel.future(iter(messages), timeout=deadline_s)
+        return await awaited(call)  # type: ignore[no-any-return]
 
 
 def predict(conn: Connection, version: str = "", name: str = MODEL) -> ipb.PredictResponse:

@@ -27,7 +27,7 @@ from ortserve.store.file import FileStore
 from tests import onnx_models
 from tests.faults import postgres
 from tests.integration.processes import start_server
-from tests.server_calls import MODEL, X, chunks, manifest
+from tests.server_calls import MODEL, X, chunks, manifest, upload
 
 pytestmark = pytest.mark.skipif(bool(postgres.missing()), reason=postgres.missing() or "-")
 
@@ -110,12 +110,12 @@ def register_requests(path: Path) -> Iterator[rpb.RegisterModelRequest]:
 
 
 def management_calls(
-    registry: rpb_grpc.RegistryServiceStub, model_path: Path
+    registry: rpb_grpc.RegistryServiceStub, address: str, model_path: Path
 ) -> dict[str, Callable[[], Awaitable[object]]]:
     return {
         "ListModels": lambda: registry.ListModels(rpb.ListModelsRequest(), timeout=10),
         "GetModel": lambda: registry.GetModel(rpb.GetModelRequest(name=MODEL), timeout=10),
-        "RegisterModel": lambda: registry.RegisterModel(register_requests(model_path), timeout=60),
+        "RegisterModel": lambda: upload(address, register_requests(model_path)),
         "SetAlias": lambda: registry.SetAlias(
             rpb.SetAliasRequest(name=MODEL, alias="production", version=1), timeout=30
         ),
@@ -159,7 +159,7 @@ async def test_database_outage_under_load_keeps_inference_and_recovers_managemen
                 await asyncio.to_thread(cluster.stop, "immediate")
                 during = load.total
                 messages = []
-                for rpc, call in management_calls(registry, paths[1]).items():
+                for rpc, call in management_calls(registry, server.address, paths[1]).items():
                     with pytest.raises(aio.AioRpcError) as info:
                         await call()
                     messages.append(check_unavailable(rpc, info.value, cluster.port))

@@ -29,6 +29,7 @@ from tests import onnx_models
 from tests.integration.conftest import expect_error
 from tests.integration.test_predict import request, upload
 from tests.integration.test_security import started
+from tests.server_calls import upload as upload_blocking
 
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 ROW_BYTES = 16 * 4  # the linear model takes x FP32 [N, 16]
@@ -151,13 +152,13 @@ async def test_uploads_beyond_the_limit_or_the_manifest_leave_no_version(tmp_pat
         before, files = await versions_of(registry), stored_files(server)
         too_big = upload(data + b"\0", name="linear")
         await expect_error(
-            registry.RegisterModel(iter(too_big)),
+            upload_blocking(address, too_big),
             RESOURCE_EXHAUSTED,
             f"model of {len(data) + 1} bytes exceeds the limit of {len(data)} bytes",
         )
         more_than_declared = [*upload(data, name="linear"), rpb.RegisterModelRequest(chunk=b"extra")]
         await expect_error(
-            registry.RegisterModel(iter(more_than_declared)),
+            upload_blocking(address, more_than_declared),
             grpc.StatusCode.INVALID_ARGUMENT,
             f"received more than the {len(data)} bytes the manifest declared ({len(data) + 5} so far)",
         )

@@ -15,6 +15,7 @@ from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.api.v1 import tensor_pb2 as tpb
 from ortserve.client.client import from_tensor, to_tensor
 from tests.integration.conftest import Running, expect_error
+from tests.server_calls import upload as upload_blocking
 
 
 def request(x: np.ndarray, model: str = "linear", version: str = "") -> ipb.PredictRequest:
@@ -267,7 +268,7 @@ BAD_UPLOADS = [
 async def test_bad_upload(
     running: Running, case: str, messages: list[rpb.RegisterModelRequest], code: grpc.StatusCode, text: str
 ) -> None:
-    await expect_error(running.registry.RegisterModel(iter(messages)), code, text)
+    await expect_error(upload_blocking(running.address, messages), code, text)
     listed = await running.registry.ListModels(rpb.ListModelsRequest())
     assert sorted(m.name for m in listed.models) == ["add", "fixed", "linear", "strings"]
     await good_request_succeeds(running)

@@ -12,6 +12,7 @@ from ortserve.api.v1 import tensor_pb2 as tpb
 from ortserve.client.client import to_tensor
 from ortserve.toolkit.samples import MAX_STORED_TEXT_BYTES
 from tests.integration.conftest import Running, expect_error
+from tests.server_calls import upload as upload_blocking
 
 
 def upload(data: bytes, samples: list[tpb.Tensor]) -> list[rpb.RegisterModelRequest]:
@@ -27,7 +28,7 @@ async def test_one_long_string_among_many_is_refused_not_stored_at_full_width(ru
     longest = MAX_STORED_TEXT_BYTES // (4 * rows) + 1  # 16 KiB of text: under 40 KB on the wire
     texts = np.array(["a"] * (rows - 1) + ["b" * longest], dtype=object)
     await expect_error(
-        running.registry.RegisterModel(iter(upload(data, [to_tensor("x", texts)]))),
+        upload_blocking(running.address, upload(data, [to_tensor("x", texts)])),
         grpc.StatusCode.INVALID_ARGUMENT,
         f"STRING input 'x': {rows} values stored as long as the longest ({longest} characters)",
     )

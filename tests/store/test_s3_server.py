@@ -5,10 +5,9 @@ the store while inference goes on), and `ortserve db gc` on the bucket."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from ortserve.server.app import OrtServer
 from ortserve.store import hash_file, open_store
 from tests import onnx_models
 from tests.registry_workers import validate_in_process
-from tests.server_calls import CHUNK, chunks, manifest
+from tests.server_calls import CHUNK, chunks, manifest, upload
 from tests.store.conftest import S3Server, new_bucket, start_s3_server
 
 PREFIX = "ortserve"
@@ -42,6 +41,7 @@ WAIT_S = 30.0
 
 @dataclass
 class Calls:
+    address: str
     inference: ipb_grpc.InferenceServiceStub
     registry: rpb_grpc.RegistryServiceStub
 
@@ -63,17 +63,17 @@ def s3_config(tmp_path: Path, replica: str, endpoint: str, bucket: str) -> Serve
 async def serving(config: ServerConfig) -> AsyncIterator[Calls]:
     server = OrtServer(config)
     port = await server.start()
-    channel = aio.insecure_channel(f"127.0.0.1:{port}")
+    address = f"127.0.0.1:{port}"
+    channel = aio.insecure_channel(address)
     try:
-        yield Calls(ipb_grpc.InferenceServiceStub(channel), rpb_grpc.RegistryServiceStub(channel))
+        yield Calls(address, ipb_grpc.InferenceServiceStub(channel), rpb_grpc.RegistryServiceStub(channel))
     finally:
         await channel.close()
         await server.stop(0)
 
 
 async def register(calls: Calls, path: Path, name: str) -> mpb.ModelVersion:
-    response = await calls.registry.RegisterModel(iter([manifest(path, name), *chunks(path)]), timeout=60)
-    return response.version
+    return (await upload(calls.address, [manifest(path, name), *chunks(path)])).version
 
 
 async def predict(calls: Calls, name: str, width: int, version: str = "") -> np.ndarray:
@@ -138,12 +138,13 @@ def spooled(folder: Path) -> int:
     return max((p.stat().st_size for p in folder.glob("upload-*.part")), default=0)
 
 
-async def wait_for_spool(folder: Path, at_least: int) -> None:
-    """Until the server's spool file of the upload in flight holds `at_least` bytes."""
+def wait_for_spool(folder: Path, at_least: int) -> None:
+    """Until the server's spool file of the upload in flight holds `at_least` bytes (blocks: it runs
+    on gRPC's request thread, between two messages of the upload)."""
     deadline = time.monotonic() + WAIT_S
     while spooled(folder) < at_least:
         assert time.monotonic() < deadline, f"the upload never reached {at_least} bytes on the server"
-        await asyncio.sleep(0.02)
+        time.sleep(0.02)
 
 
 async def test_the_store_killed_during_a_registration_is_unavailable_and_inference_goes_on(
@@ -159,16 +160,16 @@ async def test_the_store_killed_during_a_registration_is_unavailable_and_inferen
             assert (await register(calls, paths["small"], "small")).state == mpb.VERSION_STATE_READY
             before = await predict(calls, "small", 16)
 
-            async def requests() -> AsyncIterator[rpb.RegisterModelRequest]:
+            def requests() -> Iterator[rpb.RegisterModelRequest]:
                 yield manifest(paths["big"], "big")
                 for i, chunk in enumerate(chunks(paths["big"])):
                     if i == 3:  # the multipart upload is open and three chunks are spooled
-                        await wait_for_spool(spool, 3 * CHUNK)
-                        await asyncio.to_thread(s3.stop)
+                        wait_for_spool(spool, 3 * CHUNK)
+                        s3.stop()
                     yield chunk
 
             with pytest.raises(aio.AioRpcError) as info:
-                await calls.registry.RegisterModel(requests(), timeout=60)
+                await upload(calls.address, requests())
             _unavailable_naming_the_store(
                 info.value, f"s3://{bucket}/{PREFIX} is unreachable while uploading part 1"
             )

@@ -536,10 +536,7 @@ def _health(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"{subject}: not checked: {exc}", file=sys.stderr)
         return 1
-    if plan.credentials is None:
-        channel = grpc.insecure_channel(plan.target, options=plan.options)
-    else:
-        channel = grpc.secure_channel(plan.target, plan.credentials, options=plan.options)
+    channel = plan.blocking()
     request = health_pb2.HealthCheckRequest(service=args.model)
     try:
         with channel:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -20,7 +21,6 @@ from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
 from ortserve.client.channel import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, PemSource, RetryPolicy, plan_channel
 from ortserve.client.client import (
-    CHUNK_BYTES,
     DEFAULT_RETRY,
     Arrays,
     Batching,
@@ -41,6 +41,7 @@ from ortserve.client.client import (
     signature_request,
     stream_answer,
     stream_request,
+    upload_requests,
     version_info_of,
 )
 from ortserve.client.rollout import (
@@ -97,10 +98,9 @@ class AsyncClient:
             max_message_bytes=max_message_bytes,
             options=options,
         )
-        if plan.credentials is None:
-            self._channel = grpc.aio.insecure_channel(plan.target, options=plan.options)
-        else:
-            self._channel = grpc.aio.secure_channel(plan.target, plan.credentials, options=plan.options)
+        self._plan = plan
+        self._channel = plan.asyncio()
+        self._uploads: grpc.Channel | None = None  # RegisterModel's blocking channel, opened on first use
         self.target = plan.target
         self._metadata = grpc.aio.Metadata(*plan.metadata)
         self._inference = ipb_grpc.InferenceServiceStub(self._channel)
@@ -109,6 +109,8 @@ class AsyncClient:
 
     async def close(self) -> None:
         await self._channel.close()
+        if self._uploads is not None:
+            self._uploads.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -220,18 +222,16 @@ class AsyncClient:
             samples=samples,
         )
 
-        async def upload() -> AsyncIterator[rpb.RegisterModelRequest]:
-            yield rpb.RegisterModelRequest(manifest=manifest)
-            sent = 0
-            f = await asyncio.to_thread(path.open, "rb")
-            with f:
-                while chunk := await asyncio.to_thread(f.read, CHUNK_BYTES):
-                    yield rpb.RegisterModelRequest(chunk=chunk)
-                    sent += len(chunk)
-                    if progress is not None:
-                        progress(sent, size)
-
-        response = await self._registry.RegisterModel(upload(), timeout=timeout, metadata=self._metadata)
+        # The upload goes through a blocking channel: grpc.aio's client replaces the server's status
+        # with INTERNAL "Internal error from Core" when the server ends a client-streaming call (a
+        # refused manifest) while a chunk is being written (grpc/grpc#36066); the blocking client
+        # reports the server's status. The file is read and sent on gRPC's request thread.
+        if self._uploads is None:
+            self._uploads = self._plan.blocking()
+        call = rpb_grpc.RegistryServiceStub(self._uploads).RegisterModel.future(
+            upload_requests(manifest, path, on_loop(progress)), timeout=timeout, metadata=self._plan.metadata
+        )
+        response = await awaited(call)
         return version_info_of(response.version)
 
     async def list_models(self, *, page_size: int = 0, timeout: float | None = None) -> list[ModelInfo]:
@@ -443,3 +443,56 @@ async def _as_async(items: Iterable[Inputs] | AsyncIterable[Inputs]) -> AsyncIte
     else:
         for item in items:
             yield item
+
+
+def on_loop(progress: Progress | None) -> Progress | None:
+    """`progress` called on the running event loop from any thread."""
+    if progress is None:
+        return None
+    loop = asyncio.get_running_loop()
+
+    def report(sent: int, total: int) -> None:
+        loop.call_soon_threadsafe(progress, sent, total)
+
+    return report
+
+
+async def awaited(call: grpc.Future[Any]) -> Any:
+    """The result of a blocking-API call's future; cancelling the awaiting task cancels the call.
+
+    A failed call raises grpc.aio.AioRpcError with the call's status, as every AsyncClient call does.
+    """
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+
+    def settle() -> None:
+        if not finished.done():
+            finished.set_result(None)
+
+    def on_done(_: grpc.Future[Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nothing waits any more
+            loop.call_soon_threadsafe(settle)
+
+    call.add_done_callback(on_done)
+    try:
+        await finished
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    try:
+        return call.result()
+    except grpc.RpcError as error:
+        raise aio_error(error) from None
+
+
+def aio_error(error: grpc.RpcError) -> grpc.aio.AioRpcError:
+    """A blocking-API call's error as the AioRpcError the asyncio API raises."""
+    if not isinstance(error, grpc.Call):
+        raise error
+    return grpc.aio.AioRpcError(
+        error.code(),
+        grpc.aio.Metadata(*(error.initial_metadata() or ())),
+        grpc.aio.Metadata(*(error.trailing_metadata() or ())),
+        error.details(),
+        error.debug_error_string(),
+    )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import grpc.aio
 
 INFERENCE_SERVICE = "ortserve.api.v1.InferenceService"
 REGISTRY_SERVICE = "ortserve.api.v1.RegistryService"
@@ -160,6 +161,18 @@ class ChannelPlan:
     options: list[tuple[str, Any]]
     credentials: grpc.ChannelCredentials | None  # None: plaintext
     metadata: tuple[tuple[str, str], ...]  # sent with every call
+
+    def blocking(self) -> grpc.Channel:
+        """The plan as a blocking (non-asyncio) channel."""
+        if self.credentials is None:
+            return grpc.insecure_channel(self.target, options=self.options)
+        return grpc.secure_channel(self.target, self.credentials, options=self.options)
+
+    def asyncio(self) -> grpc.aio.Channel:
+        """The plan as a grpc.aio channel."""
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(self.target, options=self.options)
+        return grpc.aio.secure_channel(self.target, self.credentials, options=self.options)
 
 
 def plan_channel(

@@ -410,9 +410,10 @@ def register_manifest(
     )
 
 
-def _upload(
+def upload_requests(
     manifest: rpb.RegisterManifest, path: Path, progress: Progress | None
 ) -> Iterator[rpb.RegisterModelRequest]:
+    """RegisterModel's messages: the manifest, then the file in CHUNK_BYTES chunks."""
     yield rpb.RegisterModelRequest(manifest=manifest)
     sent = 0
     with path.open("rb") as f:
@@ -466,10 +467,7 @@ class Client:
             max_message_bytes=max_message_bytes,
             options=options,
         )
-        if plan.credentials is None:
-            self._channel = grpc.insecure_channel(plan.target, options=plan.options)
-        else:
-            self._channel = grpc.secure_channel(plan.target, plan.credentials, options=plan.options)
+        self._channel = plan.blocking()
         self.target = plan.target
         self._metadata = plan.metadata
         self._inference = ipb_grpc.InferenceServiceStub(self._channel)
@@ -626,7 +624,7 @@ class Client:
             samples=samples,
         )
         response = self._registry.RegisterModel(
-            _upload(manifest, path, progress), timeout=timeout, metadata=self._metadata
+            upload_requests(manifest, path, progress), timeout=timeout, metadata=self._metadata
         )
         return version_info_of(response.version)
 
