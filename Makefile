@@ -58,6 +58,12 @@ docker-check: $(STAMP)
 	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.gpu
 	bash docker/compose_check.sh
 
+# The tests again on the other Pythons that requires-python admits (3.12, 3.13), each in its own venv.
+.PHONY: test-pythons
+test: test-pythons
+test-pythons:
+	bash scripts/other_pythons.sh
+
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 	$(PY) bench/toolkit.py
