@@ -15,6 +15,7 @@ from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.api.v1 import tensor_pb2 as tpb
 from tests.integration.conftest import Running, expect_error
+from tests.server_calls import upload as upload_blocking
 
 ROWS = 6
 SAMPLES = np.random.default_rng(3).standard_normal((ROWS, 16)).astype(np.float32)
@@ -57,7 +58,7 @@ async def test_register_with_samples_derive_gate_serve_and_refuse(running: Runni
         ([tensor(SAMPLES), tensor(SAMPLES)], "sample input 'x' is given twice"),
     ]:
         await expect_error(
-            running.registry.RegisterModel(iter(upload(data, "scored", samples))),
+            upload_blocking(running.address, upload(data, "scored", samples)),
             grpc.StatusCode.INVALID_ARGUMENT,
             message,
         )
