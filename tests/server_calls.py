@@ -18,7 +18,7 @@ from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
-from ortserve.client.aio import awaited
+from ortserve.client.bridge import awaited
 from ortserve.client.client import to_tensor
 from ortserve.store import hash_file
 from tests.integration.processes import ServerProcess

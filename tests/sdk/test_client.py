@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto
 
 from ortserve.client import AsyncClient, Client, Prediction, StreamMessageError
-from ortserve.client.aio import awaited
+from ortserve.client.bridge import awaited
 from ortserve.server.app import OrtServer
 from tests import onnx_models
 from tests.sdk.conftest import make_server
@@ -152,6 +152,29 @@ async def test_sync_stream_in_band_error(address: str) -> None:
     await asyncio.to_thread(sync_stream_error, address)
 
 
+class SourceFailed(Exception):
+    pass
+
+
+def failing_feeds(sets: int) -> Iterator[dict[str, np.ndarray]]:
+    for i in range(sets):
+        yield {"x": x_input(seed=i)}
+    raise SourceFailed(f"no set after {sets}")
+
+
+def sync_stream_source_error(address: str) -> None:
+    with Client(address) as client:
+        answers: list[Prediction] = []
+        with pytest.raises(SourceFailed, match="no set after 3"):
+            answers.extend(client.predict_stream("linear", failing_feeds(3)))
+        assert len(answers) == 3
+        assert client.predict("linear", {"x": x_input()}).version == 1
+
+
+async def test_sync_stream_raises_its_sources_error_after_the_answers_before_it(address: str) -> None:
+    await asyncio.to_thread(sync_stream_source_error, address)
+
+
 async def test_sync_registry(address: str, tmp_path: Path) -> None:
     await asyncio.to_thread(sync_registry, address, tmp_path)
 
@@ -267,6 +290,88 @@ async def test_cancelling_the_task_that_awaits_a_blocking_call_cancels_the_call(
     finally:
         release.set()
         server.stop(None)
+
+
+STREAMS_REFUSED = 40
+
+
+async def test_async_streams_refused_for_their_token_report_unauthenticated(tmp_path: Path) -> None:
+    """The server ends the stream at once while the client writes its 50 messages; grpc.aio's own
+    client reported INTERNAL "Internal error from Core" for 230 of 300 such streams."""
+    path = tmp_path / "linear.onnx"
+    onnx_models.linear(path)
+    server = make_server(tmp_path / "data", {"linear": path}, infer_tokens=("right",))
+    await server.start()
+    seen: Counter[grpc.StatusCode] = Counter()
+    try:
+        async with AsyncClient(f"127.0.0.1:{server.port}", token="wrong") as client:
+            for _ in range(STREAMS_REFUSED):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    async for _answer in client.predict_stream("linear", [{"x": x_input()}] * 50):
+                        pass
+                seen[refused.value.code()] += 1
+
+            async def waiting_source() -> AsyncIterator[dict[str, np.ndarray]]:
+                yield {"x": x_input()}
+                await asyncio.Event().wait()  # a live feed with nothing more to send yet
+                yield {"x": x_input()}
+
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _answer in client.predict_stream("linear", waiting_source()):
+                    pass
+            seen[refused.value.code()] += 1
+        async with AsyncClient(f"127.0.0.1:{server.port}", token="right") as client:
+            answers = [a async for a in client.predict_stream("linear", [{"x": x_input()}] * 50)]
+            assert len(answers) == 50
+    finally:
+        await server.stop(0)
+    assert seen == {grpc.StatusCode.UNAUTHENTICATED: STREAMS_REFUSED + 1}
+
+
+def answer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ortserve-stream-answers"]
+
+
+async def test_an_async_stream_raises_its_sources_error_after_the_answers_before_it(address: str) -> None:
+    async def feeds() -> AsyncIterator[dict[str, np.ndarray]]:
+        for feeds in failing_feeds(3):
+            yield feeds
+
+    async with AsyncClient(address) as client:
+        for source in (feeds(), failing_feeds(3)):  # an async iterable, then an iterable
+            answers: list[Prediction] = []
+            with pytest.raises(SourceFailed, match="no set after 3"):
+                async for answer in client.predict_stream("linear", source):
+                    answers.append(answer)
+            assert len(answers) == 3
+        assert (await client.predict("linear", {"x": x_input()})).version == 1
+
+
+async def test_closing_an_async_stream_early_cancels_it_and_lets_its_threads_go(
+    address: str, server: OrtServer
+) -> None:
+    """The consumer stops while the source still waits for its next set: the call is cancelled, the
+    pending read of the source too, and the answers' reader thread ends."""
+    next_set = asyncio.Event()  # never set: the source waits after its first set
+    closed = asyncio.Event()
+
+    async def feeds() -> AsyncIterator[dict[str, np.ndarray]]:
+        try:
+            yield {"x": x_input()}
+            await next_set.wait()
+            yield {"x": x_input()}
+        finally:
+            closed.set()
+
+    async with AsyncClient(address) as client:
+        stream = client.predict_stream("linear", feeds())
+        assert (await anext(stream)).version == 1
+        await stream.aclose()
+        assert closed.is_set()
+        for thread in answer_threads():
+            await asyncio.to_thread(thread.join, 10)
+        assert answer_threads() == []
+        assert (await client.predict("linear", {"x": x_input()})).version == 1
 
 
 # numpy dtypes end to end

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
+from ortserve.client.bridge import Answers, awaited, on_loop, request_source
 from ortserve.client.channel import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, PemSource, RetryPolicy, plan_channel
 from ortserve.client.client import (
     DEFAULT_RETRY,
@@ -100,7 +100,7 @@ class AsyncClient:
         )
         self._plan = plan
         self._channel = plan.asyncio()
-        self._uploads: grpc.Channel | None = None  # RegisterModel's blocking channel, opened on first use
+        self._blocking_channel: grpc.Channel | None = None  # see _blocking
         self.target = plan.target
         self._metadata = grpc.aio.Metadata(*plan.metadata)
         self._inference = ipb_grpc.InferenceServiceStub(self._channel)
@@ -109,8 +109,8 @@ class AsyncClient:
 
     async def close(self) -> None:
         await self._channel.close()
-        if self._uploads is not None:
-            self._uploads.close()
+        if self._blocking_channel is not None:
+            self._blocking_channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -121,6 +121,14 @@ class AsyncClient:
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until the channel has a connection (TimeoutError after `timeout`)."""
         await asyncio.wait_for(self._channel.channel_ready(), timeout)
+
+    def _blocking(self) -> grpc.Channel:
+        """A blocking channel to the same servers, opened on first use, for the calls that stream
+        requests (RegisterModel, PredictStream): grpc.aio's client can report INTERNAL instead of
+        the server's status when the server ends them while the client writes (client/bridge.py)."""
+        if self._blocking_channel is None:
+            self._blocking_channel = self._plan.blocking()
+        return self._blocking_channel
 
     def _deadline(self, timeout: float | None) -> float | None:
         return self._timeout if timeout is None else timeout
@@ -158,28 +166,34 @@ class AsyncClient:
         outputs: Sequence[str] = (),
         priority: int = 0,
     ) -> AsyncIterator[Prediction]:
-        """See `Client.predict_stream`: yields answers in order, raises StreamMessageError."""
+        """See `Client.predict_stream`: yields answers in order, raises StreamMessageError.
 
-        async def requests() -> AsyncIterator[ipb.PredictStreamRequest]:
-            i = 0
-            async for feeds in _as_async(batches):
-                yield stream_request(
-                    i,
-                    model,
-                    feeds,
-                    version=version,
-                    outputs=outputs,
-                    routing_key=routing_key,
-                    priority=priority,
-                )
-                i += 1
+        An iterable is read on gRPC's request thread, an async iterable on the loop. An exception
+        from `batches` is raised once the answers to the sets sent before it are in.
+        """
 
-        call = self._inference.PredictStream(requests(), timeout=timeout, metadata=self._metadata)
+        def request(i: int, feeds: Inputs) -> ipb.PredictStreamRequest:
+            return stream_request(
+                i, model, feeds, version=version, outputs=outputs, routing_key=routing_key, priority=priority
+            )
+
+        # On the blocking channel (see _blocking): gRPC's request thread reads the input sets, and a
+        # thread of the stream's own hands the answers back.
+        loop = asyncio.get_running_loop()
+        requests = request_source(batches, request, loop)
+        call = ipb_grpc.InferenceServiceStub(self._blocking()).PredictStream(
+            requests, timeout=timeout, metadata=self._plan.metadata
+        )
+        answers: Answers[ipb.PredictStreamResponse] = Answers(call, loop)
         try:
-            async for answer in call:
+            async for answer in answers:
                 yield stream_answer(answer)
+            if requests.error is not None:
+                raise requests.error
         finally:
+            answers.close()
             call.cancel()
+            await requests.aclose()
 
     async def signature(
         self, model: str, version: str | int | None = None, timeout: float | None = None
@@ -222,13 +236,8 @@ class AsyncClient:
             samples=samples,
         )
 
-        # The upload goes through a blocking channel: grpc.aio's client replaces the server's status
-        # with INTERNAL "Internal error from Core" when the server ends a client-streaming call (a
-        # refused manifest) while a chunk is being written (grpc/grpc#36066); the blocking client
-        # reports the server's status. The file is read and sent on gRPC's request thread.
-        if self._uploads is None:
-            self._uploads = self._plan.blocking()
-        call = rpb_grpc.RegistryServiceStub(self._uploads).RegisterModel.future(
+        # On the blocking channel (see _blocking); the file is read and sent on gRPC's request thread.
+        call = rpb_grpc.RegistryServiceStub(self._blocking()).RegisterModel.future(
             upload_requests(manifest, path, on_loop(progress)), timeout=timeout, metadata=self._plan.metadata
         )
         response = await awaited(call)
@@ -434,65 +443,3 @@ class AsyncClient:
                 yield event_of(message.event)
         finally:
             stream.cancel()
-
-
-async def _as_async(items: Iterable[Inputs] | AsyncIterable[Inputs]) -> AsyncIterator[Inputs]:
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield item
-    else:
-        for item in items:
-            yield item
-
-
-def on_loop(progress: Progress | None) -> Progress | None:
-    """`progress` called on the running event loop from any thread."""
-    if progress is None:
-        return None
-    loop = asyncio.get_running_loop()
-
-    def report(sent: int, total: int) -> None:
-        loop.call_soon_threadsafe(progress, sent, total)
-
-    return report
-
-
-async def awaited(call: grpc.Future[Any]) -> Any:
-    """The result of a blocking-API call's future; cancelling the awaiting task cancels the call.
-
-    A failed call raises grpc.aio.AioRpcError with the call's status, as every AsyncClient call does.
-    """
-    loop = asyncio.get_running_loop()
-    finished = loop.create_future()
-
-    def settle() -> None:
-        if not finished.done():
-            finished.set_result(None)
-
-    def on_done(_: grpc.Future[Any]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed: nothing waits any more
-            loop.call_soon_threadsafe(settle)
-
-    call.add_done_callback(on_done)
-    try:
-        await finished
-    except asyncio.CancelledError:
-        call.cancel()
-        raise
-    try:
-        return call.result()
-    except grpc.RpcError as error:
-        raise aio_error(error) from None
-
-
-def aio_error(error: grpc.RpcError) -> grpc.aio.AioRpcError:
-    """A blocking-API call's error as the AioRpcError the asyncio API raises."""
-    if not isinstance(error, grpc.Call):
-        raise error
-    return grpc.aio.AioRpcError(
-        error.code(),
-        grpc.aio.Metadata(*(error.initial_metadata() or ())),
-        grpc.aio.Metadata(*(error.trailing_metadata() or ())),
-        error.details(),
-        error.debug_error_string(),
-    )

@@ -27,6 +27,7 @@ from ortserve.api.v1 import model_pb2 as mpb
 from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
 from ortserve.api.v1 import tensor_pb2 as tpb
+from ortserve.client.bridge import Guarded
 from ortserve.client.channel import (
     DEFAULT_ADDRESS,
     MAX_MESSAGE_BYTES,
@@ -559,10 +560,11 @@ class Client:
         """Send every input set over one stream; yield the answers in order.
 
         A message the server rejects raises StreamMessageError (with its id, the index of the
-        input set); closing the generator early cancels the stream. `timeout` bounds the whole
+        input set); an exception from `batches` is raised once the answers to the sets before it
+        are in; closing the generator early cancels the stream. `timeout` bounds the whole
         stream (default: none).
         """
-        requests = (
+        requests = Guarded(
             stream_request(
                 i, model, feeds, version=version, outputs=outputs, routing_key=routing_key, priority=priority
             )
@@ -572,6 +574,8 @@ class Client:
         try:
             for answer in call:
                 yield stream_answer(answer)
+            if requests.error is not None:
+                raise requests.error
         finally:
             call.cancel()
 
