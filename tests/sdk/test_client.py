@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -15,7 +17,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
+from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.client import AsyncClient, Client, Prediction, StreamMessageError
+from ortserve.client import aio as aio_module
+from ortserve.client import client as client_module
 from ortserve.client.bridge import awaited
 from ortserve.server.app import OrtServer
 from tests import onnx_models
@@ -354,24 +359,57 @@ async def test_closing_an_async_stream_early_cancels_it_and_lets_its_threads_go(
     pending read of the source too, and the answers' reader thread ends."""
     next_set = asyncio.Event()  # never set: the source waits after its first set
     closed = asyncio.Event()
+    caller = contextvars.ContextVar("caller", default="")
+    caller.set("the test")
+    seen_by_source: list[str] = []
 
     async def feeds() -> AsyncIterator[dict[str, np.ndarray]]:
         try:
+            seen_by_source.append(caller.get())
             yield {"x": x_input()}
             await next_set.wait()
             yield {"x": x_input()}
         finally:
+            for _ in range(10):  # a cleanup that awaits (closing a connection, say)
+                await asyncio.sleep(0)
             closed.set()
 
     async with AsyncClient(address) as client:
         stream = client.predict_stream("linear", feeds())
         assert (await anext(stream)).version == 1
         await stream.aclose()
-        assert closed.is_set()
+        assert closed.is_set() and seen_by_source == ["the test"]  # read in the caller's context
         for thread in answer_threads():
             await asyncio.to_thread(thread.join, 10)
         assert answer_threads() == []
         assert (await client.predict("linear", {"x": x_input()})).version == 1
+
+
+async def test_a_model_file_that_fails_to_read_raises_its_own_error(
+    address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server refuses the short upload; the caller sees why it was short (both clients)."""
+    path = tmp_path / "m.onnx"
+    onnx_models.linear(path)
+
+    def failing_upload(manifest: Any, path: Path, progress: Any) -> Iterator[Any]:
+        yield rpb.RegisterModelRequest(manifest=manifest)
+        yield rpb.RegisterModelRequest(chunk=path.read_bytes()[:100])
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(client_module, "upload_requests", failing_upload)
+    monkeypatch.setattr(aio_module, "upload_requests", failing_upload)
+    async with AsyncClient(address) as client:
+        with pytest.raises(OSError, match="Input/output error"):
+            await client.register(path, "linear")
+
+    def sync_register() -> None:
+        with Client(address) as client, pytest.raises(OSError, match="Input/output error"):
+            client.register(path, "linear")
+
+    await asyncio.to_thread(sync_register)
+    async with AsyncClient(address) as client:
+        assert [v.version for v in await client.list_versions("linear")] == [1]
 
 
 # numpy dtypes end to end

@@ -18,7 +18,7 @@ from ortserve.api.v1 import inference_service_pb2 as ipb
 from ortserve.api.v1 import inference_service_pb2_grpc as ipb_grpc
 from ortserve.api.v1 import registry_service_pb2 as rpb
 from ortserve.api.v1 import registry_service_pb2_grpc as rpb_grpc
-from ortserve.client.bridge import Answers, awaited, on_loop, request_source
+from ortserve.client.bridge import Answers, Guarded, awaited, on_loop, request_source
 from ortserve.client.channel import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, PemSource, RetryPolicy, plan_channel
 from ortserve.client.client import (
     DEFAULT_RETRY,
@@ -237,10 +237,16 @@ class AsyncClient:
         )
 
         # On the blocking channel (see _blocking); the file is read and sent on gRPC's request thread.
+        requests = Guarded(upload_requests(manifest, path, on_loop(progress)))
         call = rpb_grpc.RegistryServiceStub(self._blocking()).RegisterModel.future(
-            upload_requests(manifest, path, on_loop(progress)), timeout=timeout, metadata=self._plan.metadata
+            requests, timeout=timeout, metadata=self._plan.metadata
         )
-        response = await awaited(call)
+        try:
+            response = await awaited(call)
+        except grpc.RpcError:
+            if requests.error is not None:  # the file could not be read: that, not the server's refusal
+                raise requests.error from None
+            raise
         return version_info_of(response.version)
 
     async def list_models(self, *, page_size: int = 0, timeout: float | None = None) -> list[ModelInfo]:

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
@@ -33,12 +34,13 @@ def aio_error(error: grpc.RpcError) -> grpc.aio.AioRpcError:
     """A blocking-API call's error as the AioRpcError the asyncio API raises."""
     if not isinstance(error, grpc.Call):
         raise error
+    # No debug_error_string: it waits for a status from the peer, which never comes where gRPC
+    # ended the call itself (a request iterator that raised, a response it could not decode).
     return grpc.aio.AioRpcError(
         error.code(),
         grpc.aio.Metadata(*(error.initial_metadata() or ())),
         grpc.aio.Metadata(*(error.trailing_metadata() or ())),
         error.details(),
-        error.debug_error_string(),
     )
 
 
@@ -82,17 +84,20 @@ async def awaited(call: grpc.Future[Any]) -> Any:
 class Pull(Generic[T]):
     """A blocking iterator for gRPC's request thread over an async iterator read on `loop`.
 
-    Each `next` waits for the source's next item on the loop, so the source is read only as fast
-    as gRPC sends. An exception from the source ends the requests (the call half-closes) and is
-    kept in `error` for the consumer to raise once the answers to what was sent are in.
+    Each `next` waits for the source's next item on the loop, read in a task that runs in the
+    context `Pull` was made in (its contextvars), so the source is read only as fast as gRPC sends.
+    An exception from the source ends the requests (the call half-closes) and is kept in `error`
+    for the consumer to raise once the answers to what was sent are in.
     """
 
     def __init__(self, source: AsyncIterator[T], loop: asyncio.AbstractEventLoop) -> None:
         self._source = source
         self._loop = loop
+        self._context = contextvars.copy_context()
         self._lock = threading.Lock()
         self._closed = False
         self._pending: concurrent.futures.Future[T] | None = None
+        self._task: asyncio.Task[Any] | None = None  # the read in progress, set on the loop
         self.error: BaseException | None = None
 
     def __iter__(self) -> Iterator[T]:
@@ -103,7 +108,7 @@ class Pull(Generic[T]):
             if self._closed:
                 raise StopIteration
             try:
-                self._pending = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
+                self._pending = self._context.run(asyncio.run_coroutine_threadsafe, self._next(), self._loop)
             except RuntimeError:  # the loop is closed
                 raise StopIteration from None
             pending = self._pending
@@ -116,19 +121,24 @@ class Pull(Generic[T]):
             raise StopIteration from None
 
     async def _next(self) -> T:
+        self._task = asyncio.current_task()
         return await anext(self._source)
 
     async def aclose(self) -> None:
-        """Stop reading the source (on the loop): a pending read is cancelled, the source closed."""
+        """Stop reading the source (on the loop): a read in progress is cancelled and waited for
+        (the source may await in its cleanup), then the source is closed."""
         with self._lock:
             self._closed = True
             pending = self._pending
-        if pending is not None and not pending.done():
-            pending.cancel()
-            read = asyncio.wrap_future(pending)
-            await asyncio.wait([read])
-            if not read.cancelled():
-                read.exception()  # retrieved: the read ended anyway
+        if pending is not None:
+            pending.cancel()  # a read not started yet never starts
+        task = self._task
+        if task is not None:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: nobody reads it after this
         aclose = getattr(self._source, "aclose", None)
         if aclose is not None:
             await aclose()

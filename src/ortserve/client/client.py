@@ -627,9 +627,13 @@ class Client:
             batching=batching,
             samples=samples,
         )
-        response = self._registry.RegisterModel(
-            upload_requests(manifest, path, progress), timeout=timeout, metadata=self._metadata
-        )
+        requests = Guarded(upload_requests(manifest, path, progress))
+        try:
+            response = self._registry.RegisterModel(requests, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError:
+            if requests.error is not None:  # the file could not be read: that, not the server's refusal
+                raise requests.error from None
+            raise
         return version_info_of(response.version)
 
     def list_models(self, *, page_size: int = 0, timeout: float | None = None) -> list[ModelInfo]:
