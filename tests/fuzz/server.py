@@ -77,6 +77,12 @@ class FuzzServer:
     # INTERNAL answers the server had counted at the last check (each one fails a check once).
     internal_seen: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def address(self) -> str:
+        """For tests.server_calls.upload: RegisterModel over a blocking channel, whose refusals keep
+        the server's status (grpc.aio's can turn them into CLIENT_WRITE_RACE)."""
+        return f"127.0.0.1:{self.server.port}"
+
     async def assert_healthy(self) -> None:
         """A good request succeeds and health is SERVING, for the server and for the model."""
         request = ipb.PredictRequest(model="linear", inputs=[good_linear_input(2)])

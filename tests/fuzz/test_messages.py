@@ -18,6 +18,7 @@ from ortserve.api.v1 import registry_service_pb2 as rpb
 from tests import onnx_models
 from tests.fuzz import strategies
 from tests.fuzz.server import CALL_TIMEOUT_S, FuzzServer, budget, code_name, good_linear_input, outcome
+from tests.server_calls import upload
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -104,7 +105,7 @@ def _is_good(message: oip.ModelInferRequest) -> bool:
 async def test_register_model(healthy_after: FuzzServer, messages: list[rpb.RegisterModelRequest]) -> None:
     server = healthy_after
     try:
-        await server.registry.RegisterModel(iter(messages), timeout=CALL_TIMEOUT_S)
+        await upload(server.address, messages, deadline_s=CALL_TIMEOUT_S)
     except aio.AioRpcError as error:
         server.assert_clean_error(error, "RegisterModel")
         await server.count("RegisterModel", outcome(error))
@@ -120,7 +121,7 @@ async def test_register_model_bytes(
     """The model or a damaged copy, with a matching sha256: these reach validation and loading."""
     server = healthy_after
     try:
-        response = await server.registry.RegisterModel(iter(messages), timeout=60)
+        response = await upload(server.address, messages)
     except aio.AioRpcError as error:
         server.assert_clean_error(error, "RegisterModel")
         await server.count("RegisterModel (valid sha256)", outcome(error))
