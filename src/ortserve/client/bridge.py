@@ -59,15 +59,11 @@ def on_loop(callback: Callable[[int, int], None] | None) -> Callable[[int, int],
 async def awaited(call: grpc.Future[Any]) -> Any:
     """The result of a blocking-API call's future; cancelling the awaiting task cancels the call."""
     loop = asyncio.get_running_loop()
-    finished = loop.create_future()
-
-    def settle() -> None:
-        if not finished.done():
-            finished.set_result(None)
+    finished: asyncio.Future[None] = loop.create_future()
 
     def on_done(_: grpc.Future[Any]) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: nothing waits any more
-            loop.call_soon_threadsafe(settle)
+            loop.call_soon_threadsafe(_wake, finished)
 
     call.add_done_callback(on_done)
     try:
